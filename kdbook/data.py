@@ -1,0 +1,374 @@
+"""Named data sets as uint8 tensors, and a batched loader that augments on the tensor.
+
+``load_dataset("digits")`` needs nothing on disk (scikit-learn ships the images);
+``cifar10`` reads torchvision's real ``CIFAR10`` files from ``root``; ``imagefolder:PATH``
+reads a ``train/ val/ test/ <class>/`` tree through torchvision's real ``ImageFolder``.
+
+>>> data = load_dataset("digits")
+>>> data.train.images.dtype, data.train.images.shape[1:], len(data.classes)
+(torch.uint8, torch.Size([1, 8, 8]), 10)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kdbook.config import check_dataset_spec
+
+UNLABELED = -1  # label of a training sample whose label is hidden (scarce-label experiments)
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # source 1's normalisation
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # source 4's normalisation
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"]
+CIFAR10_FOLDER = "cifar-10-batches-py"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # holds notebooks/ and data/
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A user's path: as given if absolute or found from here, else under the project root.
+
+    Notebooks run with ``notebooks/`` as the current folder and the command line from
+    anywhere, so ``data/...`` means the project's ``data/`` folder in both.
+    """
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return PROJECT_ROOT / path
+
+
+def check_available(spec: str, root: str | os.PathLike = "data") -> None:
+    """Raise FileNotFoundError, saying what to put where, unless ``spec``'s files are present.
+
+    Cheap: looks at folders and file names only, so commands can call it before any work.
+    """
+    check_dataset_spec(spec)
+    if spec == "cifar10":
+        folder = resolve_path(root) / CIFAR10_FOLDER
+        needed = [*CIFAR10_FILES, "test_batch", "batches.meta"]
+        missing = [f for f in needed if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"dataset 'cifar10' needs {folder}/ with {', '.join(missing)}: extract "
+                f"cifar-10-python.tar.gz into {folder.parent}/ (see data/README.md)"
+            )
+    elif spec.startswith("imagefolder:"):
+        path = resolve_path(spec.split(":", 1)[1])
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"dataset 'imagefolder:{path}': folder {path} does not exist; "
+                "it must hold train/, val/ and test/, each with one folder per class"
+            )
+        for name in ("train", "val", "test"):
+            if not (path / name).is_dir():
+                raise FileNotFoundError(
+                    f"dataset 'imagefolder:{path}': missing split folder {path / name}/ "
+                    "(expected train/, val/ and test/, each with one folder per class)"
+                )
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images as uint8 ``(N, C, H, W)`` and int64 labels ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Batched augmentation: random shift by up to ``pad`` pixels, optional horizontal flip."""
+
+    pad: int = 0
+    flip: bool = False
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if self.pad:
+            padded = F.pad(x, (self.pad,) * 4)
+            size = (n, 1)
+            dy = torch.randint(0, 2 * self.pad + 1, size, generator=generator)
+            dx = torch.randint(0, 2 * self.pad + 1, size, generator=generator)
+            rows = (dy + torch.arange(h)).to(x.device)  # (N, H)
+            cols = (dx + torch.arange(w)).to(x.device)  # (N, W)
+            batch = torch.arange(n, device=x.device)[:, None, None, None]
+            chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+            x = padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+        if self.flip:
+            mask = torch.rand(n, generator=generator) < 0.5
+            x = torch.where(mask.to(x.device)[:, None, None, None], x.flip(-1), x)
+        return x
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named data set: splits, class names, normalisation and its default augmentation."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: Augment
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images to normalised float32."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def with_label_fraction(self, fraction: float, seed: int = 0) -> Dataset:
+        """Hide all but ``fraction`` of the training labels (per class), marking them UNLABELED.
+
+        The images stay: a teacher can still label them with soft targets.
+        """
+        if not 0 < fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {fraction!r}")
+        labels = self.train.labels.clone()
+        g = torch.Generator().manual_seed(seed)
+        for c in range(self.num_classes):
+            idx = (self.train.labels == c).nonzero().flatten()
+            keep = max(1, round(fraction * len(idx)))
+            hidden = idx[torch.randperm(len(idx), generator=g)[keep:]]
+            labels[hidden] = UNLABELED
+        return replace(self, train=Split(self.train.images, labels))
+
+    def summary(self) -> dict[str, object]:
+        """Sizes, shape and class count as a dict (for tables and results.json)."""
+        return {
+            "dataset": self.name,
+            "train": len(self.train),
+            "val": len(self.val),
+            "test": len(self.test),
+            "shape": list(self.train.images.shape[1:]),
+            "classes": self.num_classes,
+        }
+
+
+def _stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Boolean mask selecting ``fraction`` of each class, reproducibly."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique():
+        idx = (labels == c).nonzero().flatten()
+        take = max(1, round(fraction * len(idx)))
+        mask[idx[torch.randperm(len(idx), generator=g)[:take]]] = True
+    return mask
+
+
+def _carve_val(train: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """Carve a stratified validation split out of train (never out of test)."""
+    mask = _stratified_split(train.labels, val_fraction, seed)
+    return train.subset(~mask), train.subset(mask)
+
+
+def _load_digits(val_fraction: float, split_seed: int) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images).mul(255.0 / 16.0).round().to(torch.uint8)
+    full = Split(images.unsqueeze(1).contiguous(), torch.from_numpy(bunch.target).long())
+    test_mask = _stratified_split(full.labels, 0.2, split_seed)
+    train, val = _carve_val(full.subset(~test_mask), val_fraction, split_seed + 1)
+    # Digits are not mirror-symmetric: shift by one pixel, never flip.
+    return Dataset(
+        "digits",
+        train,
+        val,
+        full.subset(test_mask),
+        [str(i) for i in range(10)],
+        mean=(0.0,),
+        std=(1.0,),
+        augment=Augment(pad=1, flip=False),
+    )
+
+
+def _load_cifar10(root: Path, val_fraction: float, split_seed: int) -> Dataset:
+    from torchvision.datasets import CIFAR10
+
+    check_available("cifar10", root)
+
+    def as_split(train: bool) -> tuple[Split, list[str]]:
+        ds = CIFAR10(str(root), train=train, download=False)
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return Split(images, torch.tensor(ds.targets, dtype=torch.long)), list(ds.classes)
+
+    full_train, classes = as_split(True)
+    test, _ = as_split(False)
+    train, val = _carve_val(full_train, val_fraction, split_seed)
+    return Dataset(
+        "cifar10",
+        train,
+        val,
+        test,
+        classes,
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+        Augment(pad=4, flip=True),
+    )
+
+
+def _read_image_folder(folder: Path, image_size: int) -> tuple[Split, list[str]]:
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import pil_to_tensor, resize
+
+    def load_rgb(path: str) -> Image.Image:
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")  # grayscale X-rays become 3 equal channels
+        except OSError as e:
+            raise ValueError(f"unreadable image {path}: {e}") from None
+
+    ds = ImageFolder(str(folder), loader=load_rgb)
+    images = torch.empty(len(ds), 3, image_size, image_size, dtype=torch.uint8)
+    for i, (img, _) in enumerate(ds):
+        images[i] = resize(pil_to_tensor(img), [image_size, image_size], antialias=True)
+    return Split(images, torch.tensor(ds.targets, dtype=torch.long)), list(ds.classes)
+
+
+def _load_image_folder(path: Path, image_size: int) -> Dataset:
+    check_available(f"imagefolder:{path}")
+    splits, classes = {}, None
+    for name in ("train", "val", "test"):
+        splits[name], split_classes = _read_image_folder(path / name, image_size)
+        if classes is not None and split_classes != classes:
+            raise ValueError(
+                f"dataset 'imagefolder:{path}': {name}/ has classes {split_classes}, "
+                f"train/ has {classes}"
+            )
+        classes = split_classes
+    return Dataset(
+        f"imagefolder:{path}",
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        classes,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        Augment(pad=image_size // 8, flip=True),
+    )
+
+
+def load_dataset(
+    spec: str,
+    root: str | Path = "data",
+    *,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    image_size: int = 64,
+) -> Dataset:
+    """Load a named data set as uint8 tensors with train/val/test splits.
+
+    Args:
+        spec: ``"digits"`` (embedded), ``"cifar10"`` (files in ``root``) or
+            ``"imagefolder:PATH"`` (a ``train/ val/ test/ <class>/`` tree).
+        root: folder holding downloaded data sets (CIFAR-10); a relative path that does
+            not exist from the current folder is taken under the project root.
+        val_fraction: share of train carved out as validation (digits, cifar10).
+        split_seed: seed of the split, fixed apart from the training seed so that
+            every model in a comparison sees the same split.
+        image_size: side length ImageFolder images are resized to.
+
+    Returns:
+        A :class:`Dataset`.
+    """
+    check_dataset_spec(spec)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if spec == "digits":
+        return _load_digits(val_fraction, split_seed)
+    if spec == "cifar10":
+        return _load_cifar10(resolve_path(root), val_fraction, split_seed)
+    return _load_image_folder(resolve_path(spec.split(":", 1)[1]), image_size)
+
+
+class Loader:
+    """Batches of ``(images, labels, indices)`` from a split, normalised, optionally augmented.
+
+    Works on tensors already in memory (or on the GPU): no per-sample Python work.
+    ``indices`` are the positions in the split, for looking up cached teacher logits.
+    ``num_batches`` fixes the batches per pass, reshuffling and cycling through a split
+    smaller than that (so that a student on few labels gets as many updates as the rest).
+    """
+
+    def __init__(
+        self,
+        data: Dataset,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augment: bool = False,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        num_batches: int | None = None,
+    ) -> None:
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
+        self.augment = data.augment if augment else None
+        self.device = torch.device(device)
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        self.generator = torch.Generator().manual_seed(seed)
+        if len(self.labels) == 0:
+            raise ValueError("the split has no samples to load")
+        self.num_batches = num_batches or math.ceil(len(self.labels) / batch_size)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        """Index batches; a split smaller than the pass is cycled, every batch full."""
+        n = len(self.labels)
+
+        def order() -> torch.Tensor:
+            return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+
+        if self.num_batches <= math.ceil(n / self.batch_size):
+            yield from order().split(self.batch_size)
+            return
+        stream = torch.empty(0, dtype=torch.long)
+        while True:
+            while len(stream) < self.batch_size:
+                stream = torch.cat([stream, order()])
+            yield stream[: self.batch_size]
+            stream = stream[self.batch_size :]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        batches = self._batches()
+        for _ in range(self.num_batches):
+            idx = next(batches).to(self.device)
+            x = self.images[idx]
+            if self.augment is not None:
+                x = self.augment(x, self.generator)
+            yield self.data.normalize(x), self.labels[idx], idx

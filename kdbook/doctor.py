@@ -1,0 +1,370 @@
+"""Detectors for the known knowledge-distillation mistakes, with the fix for each.
+
+:func:`check_kd_loss` probes a user's KD loss on fixed random logits and compares what it
+returns with :func:`kdbook.losses.kd_loss` and with the buggy variants found in the
+sources (SOURCES.md, "Bugs in the sources"), so that it can name the bug, not only say
+"wrong".
+
+>>> from kdbook.losses import kd_loss
+>>> check_kd_loss(kd_loss).ok
+True
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from kdbook.losses import kd_loss, soft_kd_term
+
+KDLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], torch.Tensor]
+
+PROBE_BATCH = 6  # samples in the probe batch (distinct from the class count on purpose)
+PROBE_CLASSES = 10
+PROBE_ALPHA = 0.7  # the book's default: the soft term weighs more than the cross-entropy
+REL_TOL, ABS_TOL = 1e-4, 1e-6
+
+
+@dataclass
+class Diagnosis:
+    """Result of a check: ``ok`` when nothing is wrong, else one sentence per problem."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        if self.ok:
+            return "✓ matches kd_loss"
+        return "\n".join(f"✗ {p}" for p in self.problems)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        if self.ok:
+            return '<p style="color:green">✓ matches <code>kd_loss</code></p>'
+        items = "".join(f"<li>✗ {html.escape(p)}</li>" for p in self.problems)
+        return f'<ul style="color:firebrick; list-style:none; padding-left:0">{items}</ul>'
+
+
+def _close(a: float, b: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+
+
+def _probe_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed logits and labels: a student that disagrees with a confident teacher."""
+    g = torch.Generator().manual_seed(seed)
+    student = 2.0 * torch.randn(PROBE_BATCH, PROBE_CLASSES, generator=g)
+    teacher = 3.0 * torch.randn(PROBE_BATCH, PROBE_CLASSES, generator=g)
+    targets = torch.randint(0, PROBE_CLASSES, (PROBE_BATCH,), generator=g)
+    return student, teacher, targets
+
+
+def _soft_variants(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> dict[tuple[str, ...], float]:
+    """The soft term written every wrong way we know, keyed by the mistakes it contains.
+
+    Each variant is ``factor * kl_div(input, target, reduction)`` with one choice per
+    ingredient; the key lists the ingredients that differ from Hinton's
+    ``T^2 * KL(softmax(t/T) || softmax(s/T))`` with ``batchmean``.
+    """
+    t = temperature
+    log_s, log_t = F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1)
+    forms = {  # (input, target, log_target) -> mistakes
+        (): (log_s, log_t.exp(), False),
+        ("log_target_missing",): (log_s, log_t, False),  # source 3
+        ("prob_with_log_target",): (log_s, log_t.exp(), True),
+        ("student_probs",): (log_s.exp(), log_t.exp(), False),
+        ("reversed",): (log_t, log_s.exp(), False),
+    }
+    variants: dict[tuple[str, ...], float] = {}
+    # 'mean' computed by hand: F.kl_div warns when asked for it (it will change meaning).
+    divisors = {"batchmean": len(student), "mean": student.numel(), "sum": 1}
+    for (form, (inp, tgt, flag)), reduction, squared in itertools.product(
+        forms.items(), divisors, (True, False)
+    ):
+        kl = F.kl_div(inp, tgt, reduction="sum", log_target=flag).item() / divisors[reduction]
+        key = form
+        key += () if reduction == "batchmean" else (f"reduction_{reduction}",)
+        key += () if squared else ("missing_T2",)
+        variants[key] = (t**2 if squared else 1.0) * kl
+    return variants
+
+
+def _explain(mistake: str, temperature: float) -> str:
+    t2 = temperature**2
+    return {
+        "missing_T2": (
+            f"the soft term lacks the T^2 factor (it is 1/T^2 = 1/{t2:g} of the right value): "
+            "multiply the KL by temperature**2, or its gradient shrinks like 1/T^2 and the "
+            "cross-entropy drowns it"
+        ),
+        "reduction_mean": (
+            "the KL uses reduction='mean', which divides by batch x classes (1/num_classes "
+            "of the right value, source 4's bug): use reduction='batchmean'"
+        ),
+        "reduction_sum": (
+            "the KL uses reduction='sum', so the loss grows with the batch size: "
+            "use reduction='batchmean'"
+        ),
+        "log_target_missing": (
+            "the teacher's log-probabilities are the KL target without log_target=True "
+            "(source 3's bug; PyTorch returns NaN): pass softmax(teacher/T) as the target, "
+            "or keep log_softmax and add log_target=True"
+        ),
+        "prob_with_log_target": (
+            "log_target=True but the target holds probabilities: pass "
+            "log_softmax(teacher/T) with log_target=True, or softmax(teacher/T) without it"
+        ),
+        "student_probs": (
+            "kl_div's input holds the student's probabilities; it expects "
+            "log-probabilities: use log_softmax(student/T)"
+        ),
+        "reversed": (
+            "the KL is reversed, KL(student || teacher): F.kl_div(input, target) computes "
+            "KL(target || input), so the student's log-probabilities go first, the "
+            "teacher's distribution second"
+        ),
+    }[mistake]
+
+
+def _call(fn: KDLossFn, *args) -> tuple[torch.Tensor | None, str | None]:
+    """Call the user's loss; return the value or a sentence saying what went wrong."""
+    try:
+        value = fn(*args)
+    except Exception as e:  # the user's code may raise anything: report it, do not crash
+        return None, f"calling the loss raised {type(e).__name__}: {e}"
+    if not isinstance(value, torch.Tensor):
+        return None, (
+            f"the loss returned a {type(value).__name__}, not a tensor: backward() needs the "
+            "tensor (do not call .item() inside the loss)"
+        )
+    if value.numel() != 1:
+        return None, (
+            f"the loss returned shape {tuple(value.shape)}, not a scalar: reduce it "
+            "(reduction='batchmean' for the KL, the default mean for the cross-entropy)"
+        )
+    return value, None
+
+
+def check_kd_loss(fn: KDLossFn, *, temperature: float = 4.0) -> Diagnosis:
+    """Probe ``fn(student_logits, teacher_logits, targets, temperature, alpha)`` and name its bugs.
+
+    The right answer is Hinton's loss with alpha weighting the soft term (the book's
+    convention, :func:`kdbook.losses.kd_loss`):
+    ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``.
+
+    ``fn`` is called on fixed random logits at alpha = 0 (cross-entropy only), 1 (soft
+    term only) and 0.7, then with the student equal to the teacher (the soft term must be
+    0) and with the batch duplicated (a mean must not change). The soft term is matched
+    against the known wrong variants: a missing T^2 (1/T^2 of the value), reduction
+    'mean' (1/num_classes) or 'sum', log-probability targets without ``log_target=True``
+    (source 3), probabilities as kl_div's input, a reversed KL; and the whole loss
+    against the swapped alpha convention (``kd_loss`` with ``1 - alpha``).
+
+    Args:
+        fn: the loss to check.
+        temperature: T used for the probe; must differ from 1 (at T = 1 a missing T^2
+            is invisible).
+
+    Returns:
+        A :class:`Diagnosis`: ``ok`` or one problem per mistake, each with its fix.
+    """
+    if not (temperature > 0 and temperature != 1):
+        raise ValueError(f"temperature must be > 0 and != 1, got {temperature!r}")
+    if not callable(fn):
+        raise ValueError(f"fn must be a callable loss function, got {fn!r}")
+    s, t, y = _probe_inputs()
+    student = s.clone().requires_grad_(True)
+    value, error = _call(fn, student, t, y, temperature, PROBE_ALPHA)
+    if error:
+        return Diagnosis(False, [error])
+    if not value.requires_grad:
+        return Diagnosis(
+            False,
+            [
+                "the loss carries no gradient to student_logits (a .detach(), .item() or "
+                "torch.no_grad() inside it?): the student could not learn from it"
+            ],
+        )
+    values = {PROBE_ALPHA: value.item()}
+    for a in (0.0, 1.0):
+        v, error = _call(fn, s, t, y, temperature, a)
+        if error:
+            return Diagnosis(False, [error])
+        values[a] = v.item()
+
+    problems: list[str] = []
+    ce = F.cross_entropy(s, y).item()
+    right = all(_close(values[a], kd_loss(s, t, y, temperature, a).item()) for a in values)
+    swapped = _close(values[1.0], ce) and not _close(values[0.0], ce)
+    soft_alpha = 0.0 if swapped else 1.0
+    if not right:
+        if swapped:
+            problems.append(
+                "alpha weights the cross-entropy instead of the soft term (source 3's "
+                "convention; at alpha=1 only the cross-entropy is left): write "
+                "alpha * soft + (1 - alpha) * CE, or call it with 1 - alpha"
+            )
+        elif not _close(values[0.0], ce) and not math.isnan(values[1.0]):
+            # (0 * NaN is NaN: a NaN soft term spoils alpha=0 too; it is named below)
+            problems.append(
+                f"at alpha=0 (cross-entropy only) the loss is {values[0.0]:.4f}, "
+                f"F.cross_entropy(student_logits, targets) is {ce:.4f}: the hard term is the "
+                "plain cross-entropy of the unsoftened logits, weighted by 1 - alpha"
+            )
+        soft = values[soft_alpha]
+        right_soft = soft_kd_term(s, t, temperature).item()
+        if not _close(soft, right_soft):
+            matches = [k for k, v in _soft_variants(s, t, temperature).items() if _close(soft, v)]
+            if matches:
+                problems += [_explain(m, temperature) for m in min(matches, key=len)]
+            else:
+                problems.append(
+                    f"the soft term alone (alpha={soft_alpha:g}) is {soft:.4f}, "
+                    f"T^2 * KL(teacher || student) is {right_soft:.4f} (ratio "
+                    f"{soft / right_soft:.4g}): compare yours with kdbook.losses.soft_kd_term"
+                )
+        mix_weight = 1 - PROBE_ALPHA if swapped else PROBE_ALPHA
+        mixed = mix_weight * values[soft_alpha] + (1 - mix_weight) * values[1 - soft_alpha]
+        if not _close(values[PROBE_ALPHA], mixed):
+            problems.append(
+                f"the loss at alpha={PROBE_ALPHA} is not the weighted sum of the two terms "
+                "(its values at alpha=1 and alpha=0): mix them as "
+                "alpha * soft + (1 - alpha) * CE"
+            )
+
+    same, error = _call(fn, s, s.clone(), y, temperature, soft_alpha)
+    if error:
+        problems.append(error)
+    elif not _close(same.item(), 0.0):
+        problems.append(
+            f"with student == teacher the soft term is {same.item():.4g}, not 0: the KL of a "
+            "distribution with itself is 0 (check which side gets log_softmax and log_target)"
+        )
+    doubled, error = _call(
+        fn, torch.cat([s, s]), torch.cat([t, t]), torch.cat([y, y]), temperature, PROBE_ALPHA
+    )
+    if error:
+        problems.append(error)
+    elif not _close(doubled.item(), values[PROBE_ALPHA]):
+        problems.append(
+            f"duplicating the batch changes the loss from {values[PROBE_ALPHA]:.4f} to "
+            f"{doubled.item():.4f}: a per-sample mean must not depend on the batch size "
+            "(use reduction='batchmean', not 'sum')"
+        )
+    if not problems and not right:
+        problems.append("the loss differs from kd_loss in a way this check does not recognise")
+    return Diagnosis(not problems, problems)
+
+
+def check_mean_ci(values: Sequence[float], mean: float | None, ci95: float | None) -> Diagnosis:
+    """Check a mean and 95% half-width computed by hand from ``values`` (e.g. per-seed gains).
+
+    The right interval is Student's t: ``mean ± t(0.975, n - 1) * sd / sqrt(n)`` with the
+    sample standard deviation (``ddof=1``), as :func:`kdbook.evaluate.mean_ci` computes.
+    With 5 seeds t is about 2.78, not 1.96: few runs make a wider interval.
+
+    Args:
+        values: the numbers the interval summarises (at least two).
+        mean, ci95: the reader's answer; ``None`` means not answered yet.
+
+    Returns:
+        A :class:`Diagnosis` naming the usual mistakes (1.96 instead of t, population sd,
+        standard deviation or standard error instead of the half-width).
+    """
+    from scipy.stats import t as student_t
+
+    from kdbook.evaluate import mean_ci
+
+    values = [float(v) for v in values]
+    if len(values) < 2:
+        raise ValueError(f"values must hold at least two numbers, got {values!r}")
+    if mean is None or ci95 is None:
+        return Diagnosis(False, ["not answered yet: set both the mean and the half-width"])
+    right_mean, right_ci = mean_ci(values)
+    n = len(values)
+    sd = statistics.stdev(values)
+    quantile = float(student_t.ppf(0.975, n - 1))
+    problems = []
+    if not math.isclose(mean, right_mean, rel_tol=1e-3, abs_tol=1e-6):
+        problems.append(
+            f"the mean is {right_mean:.4g}, not {mean:.4g}: sum the values, divide by n"
+        )
+    if not math.isclose(ci95, right_ci, rel_tol=1e-3, abs_tol=1e-6):
+        wrong = {
+            "1.96 (a normal quantile) stands where Student's t quantile with n - 1 = "
+            f"{n - 1} degrees of freedom ({quantile:.3f}) belongs: with few seeds "
+            "the interval is wider": 1.96 * sd / math.sqrt(n),
+            "the standard deviation was not divided by sqrt(n): the interval is for the "
+            "mean, so it uses the standard error sd / sqrt(n)": quantile * sd,
+            "the population standard deviation (ddof=0, numpy's default) was used: use "
+            "the sample one (ddof=1, statistics.stdev)": quantile
+            * statistics.pstdev(values)
+            / math.sqrt(n),
+            "that is the standard deviation, not the interval's half-width t * sd / sqrt(n)": sd,
+            f"that is the standard error; multiply it by t ({quantile:.3f})": sd / math.sqrt(n),
+        }
+        named = [why for why, v in wrong.items() if math.isclose(ci95, v, rel_tol=1e-3)]
+        problems.append(
+            named[0]
+            if named
+            else f"the half-width is {right_ci:.4g}, not {ci95:.4g}: t(0.975, n-1) * sd / sqrt(n)"
+        )
+    return Diagnosis(not problems, problems)
+
+
+ECEFn = Callable[..., float]
+
+
+def check_ece(fn: ECEFn, *, num_bins: int = 10) -> Diagnosis:
+    """Check a reader's ``fn(logits, labels, num_bins)`` against :func:`kdbook.evaluate.ece`.
+
+    ECE (Guo et al. 2017) in percent: split the test samples by confidence (max softmax
+    probability) into ``num_bins`` equal-width bins over (0, 1], and average
+    ``|accuracy - confidence|`` over the bins weighted by the share of samples in each.
+
+    Returns:
+        A :class:`Diagnosis` naming a fraction returned for a percentage, an unweighted
+        mean over bins, or a signed gap without the absolute value.
+    """
+    from kdbook.evaluate import calibration_bins, ece
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3.0 * torch.randn(200, PROBE_CLASSES, generator=g)
+    labels = torch.where(
+        torch.rand(200, generator=g) < 0.6,
+        logits.argmax(1),
+        torch.randint(0, PROBE_CLASSES, (200,), generator=g),
+    )
+    try:
+        value = float(fn(logits, labels, num_bins))
+    except Exception as e:  # the reader's code may raise anything: report it
+        return Diagnosis(False, [f"calling it raised {type(e).__name__}: {e}"])
+    right = ece(logits, labels, num_bins)
+    if math.isclose(value, right, rel_tol=1e-4, abs_tol=1e-6):
+        return Diagnosis(True)
+    bins = calibration_bins(logits, labels, num_bins)
+    filled = bins[bins["count"] > 0]
+    gap = filled["accuracy"] - filled["confidence"]
+    wrong = {
+        "it returns a fraction; the book reports ECE in percent (multiply by 100)": right / 100,
+        "the bins are averaged with equal weights; weight each bin by its share of the "
+        "samples": 100.0 * float(gap.abs().mean()),
+        "the gaps are signed, so over- and under-confidence cancel: take |accuracy - "
+        "confidence| per bin": 100.0 * abs(float((gap * filled["count"]).sum()) / len(labels)),
+    }
+    named = [why for why, v in wrong.items() if math.isclose(value, v, rel_tol=1e-4)]
+    return Diagnosis(
+        False, named[:1] or [f"got {value:.4g}, kdbook.evaluate.ece gives {right:.4g}"]
+    )

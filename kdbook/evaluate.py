@@ -1,0 +1,259 @@
+"""Measuring models: accuracy, agreement, calibration, latency, size, and honest comparisons.
+
+A comparison trains the student alone and distilled from the *same* initial weights for
+each seed and reports mean and 95% interval (Student's t) over seeds, plus the paired gain.
+
+>>> mean_ci([93.0, 94.0, 95.0])
+(94.0, 2.484...)
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kdbook.config import resolve_device
+from kdbook.data import Dataset, Loader, Split
+from kdbook.models import build_model
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, data: Dataset, split: Split | str = "test", device: str = "cpu"
+) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) on a split, as a CPU float tensor ``(N, C)``."""
+    split = getattr(data, split) if isinstance(split, str) else split
+    dev = torch.device(resolve_device(device))
+    was_training = model.training
+    model.to(dev).eval()
+    out = [model(x).float().cpu() for x, _, _ in Loader(data, split, 512, device=dev)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
+def per_class_accuracy(
+    logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
+) -> pd.Series:
+    """Accuracy (%) per true class, indexed by class name."""
+    pred = logits.argmax(1)
+    return pd.Series(
+        [100.0 * (pred[labels == c] == c).float().mean().item() for c in range(len(classes))],
+        index=list(classes),
+        name="accuracy (%)",
+    )
+
+
+def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts ``(true, predicted)`` as a ``(C, C)`` int64 tensor."""
+    index = labels * num_classes + logits.argmax(1)
+    return torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
+    """Share (%) of samples where student and teacher predict the same class."""
+    return 100.0 * (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item()
+
+
+def calibration_bins(
+    logits: torch.Tensor, labels: torch.Tensor, num_bins: int = 10
+) -> pd.DataFrame:
+    """Per confidence bin: count, mean confidence and accuracy (for a reliability diagram)."""
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    correct = (pred == labels).float()
+    edges = torch.linspace(0, 1, num_bins + 1)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = (conf > lo) & (conf <= hi)
+        n = int(inside.sum())
+        rows.append(
+            {
+                "low": lo.item(),
+                "high": hi.item(),
+                "count": n,
+                "confidence": conf[inside].mean().item() if n else math.nan,
+                "accuracy": correct[inside].mean().item() if n else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def ece(logits: torch.Tensor, labels: torch.Tensor, num_bins: int = 10) -> float:
+    """Expected calibration error (%): bin-weighted |accuracy - confidence| (Guo et al. 2017)."""
+    bins = calibration_bins(logits, labels, num_bins)
+    filled = bins[bins["count"] > 0]
+    gap = (filled["accuracy"] - filled["confidence"]).abs()
+    return 100.0 * float((gap * filled["count"]).sum() / len(labels))
+
+
+def latency_ms(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    device: str = "cpu",
+    *,
+    warmup: int = 10,
+    repeats: int = 50,
+) -> float:
+    """Median milliseconds per forward pass of a batch of ``input_shape``, measured correctly.
+
+    Warm-up passes first (allocator, kernels), inference under ``torch.inference_mode``,
+    ``torch.cuda.synchronize()`` around each timed call on a GPU (CUDA runs asynchronously),
+    no data loading inside the timed region, the median of ``repeats`` calls.
+    """
+    dev = torch.device(resolve_device(device))
+    model = copy.deepcopy(model).to(dev).eval()
+    x = torch.randn(input_shape, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            sync()
+            start = time.perf_counter()
+            model(x)
+            sync()
+            if i >= warmup:
+                times.append(1000.0 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def size_kb(model: nn.Module) -> float:
+    """Size of the model's saved state_dict, in kilobytes (what a checkpoint costs on disk)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes / 1024
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of its ``confidence`` interval (Student's t over len(values) - 1).
+
+    With one value the half-width is NaN: one seed says nothing about the spread.
+    """
+    from scipy.stats import t
+
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("values must hold at least one number, got []")
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    sem = statistics.stdev(values) / math.sqrt(len(values))
+    return mean, float(t.ppf(0.5 + confidence / 2, len(values) - 1) * sem)
+
+
+def first_layer_norm(model: nn.Module) -> float:
+    """Norm of the first weight tensor: equal numbers show two models start alike."""
+    return next(p for p in model.parameters() if p.dim() > 1).norm().item()
+
+
+@dataclass
+class Comparison:
+    """Result of :func:`compare`: a row per seed, and the mean/95% interval table."""
+
+    per_seed: pd.DataFrame
+    summary: pd.DataFrame
+    setting: str
+
+    def row(self) -> dict[str, float | int | str]:
+        """One flat row for results.json ("comparisons")."""
+        s = self.summary
+        return {
+            "setting": self.setting,
+            "num_seeds": int(s.loc["student (scratch)", "n"]),
+            "scratch_mean": s.loc["student (scratch)", "mean"],
+            "scratch_ci95": s.loc["student (scratch)", "ci95"],
+            "kd_mean": s.loc["student (KD)", "mean"],
+            "kd_ci95": s.loc["student (KD)", "ci95"],
+            "gain_mean": s.loc["gain (KD - scratch)", "mean"],
+            "gain_ci95": s.loc["gain (KD - scratch)", "ci95"],
+        }
+
+    def verdict(self) -> str:
+        """Plain words for the gain: helps, inside seed noise, or hurts."""
+        gain, ci = self.summary.loc["gain (KD - scratch)", ["mean", "ci95"]]
+        if math.isnan(ci):
+            return f"one seed, no interval: gain {gain:+.1f} points (run more seeds to judge)"
+        if abs(gain) <= ci:
+            return f"inside seed noise: gain {gain:+.1f} ± {ci:.1f} points includes 0"
+        word = "KD helps" if gain > 0 else "KD hurts"
+        return f"{word}: gain {gain:+.1f} ± {ci:.1f} points excludes 0"
+
+
+def summarize(per_seed: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Mean, 95% interval and n over seeds for each of ``columns``."""
+    rows = {}
+    for col in columns:
+        mean, ci = mean_ci(per_seed[col].tolist())
+        rows[col] = {"mean": mean, "ci95": ci, "n": len(per_seed)}
+    return pd.DataFrame(rows).T.astype({"n": int})
+
+
+def compare(
+    student: str,
+    teacher: nn.Module,
+    data: Dataset,
+    *,
+    seeds: Sequence[int],
+    setting: str = "all labels",
+    progress: bool = True,
+    **fit_kwargs,
+) -> Comparison:
+    """Train ``student`` alone and distilled from ``teacher``, from the same weights per seed.
+
+    For each seed: seed the RNG, build the student once, copy it twice, train one copy
+    with cross-entropy and the other with the KD loss, and measure both on the test split.
+
+    Args:
+        student: a registered model name.
+        teacher: the trained teacher.
+        data: the data set (with hidden labels for a scarce-label setting).
+        seeds: one run per seed.
+        setting: a label for the table ("all labels", "5% labels", ...).
+        **fit_kwargs: passed to :func:`kdbook.train.fit` (num_epochs, lr, temperature...).
+
+    Returns:
+        A :class:`Comparison` with test accuracy (%) per seed and its summary.
+    """
+    from kdbook.train import fit
+
+    if not seeds:
+        raise ValueError("seeds must name at least one seed, got []")
+    fit_kwargs.setdefault("progress", False)
+    rows = []
+    for seed in tqdm(seeds, desc=f"{setting}: seeds", disable=not progress):
+        torch.manual_seed(seed)
+        init = build_model(
+            student, data.num_classes, in_channels=data.in_channels, image_size=data.image_size
+        )
+        scratch, distilled = copy.deepcopy(init), copy.deepcopy(init)
+        fit(scratch, data, seed=seed, **fit_kwargs)
+        fit(distilled, data, teacher=teacher, seed=seed, **fit_kwargs)
+        device = fit_kwargs.get("device", "cpu")
+        acc_scratch = accuracy(predict(scratch, data, "test", device), data.test.labels)
+        acc_kd = accuracy(predict(distilled, data, "test", device), data.test.labels)
+        rows.append(
+            {
+                "seed": seed,
+                "init_norm": first_layer_norm(init),
+                "student (scratch)": acc_scratch,
+                "student (KD)": acc_kd,
+                "gain (KD - scratch)": acc_kd - acc_scratch,
+            }
+        )
+    per_seed = pd.DataFrame(rows).set_index("seed")
+    summary = summarize(per_seed, ["student (scratch)", "student (KD)", "gain (KD - scratch)"])
+    return Comparison(per_seed, summary, setting)
