@@ -145,9 +145,10 @@ def save_metrics(run_dir: str | Path, notebook: str, metrics: Mapping[str, Any])
 
     - ``"config"``: the resolved parameters (``Config.as_dict()``);
     - ``"models"``: rows ``{"model", "arch", "accuracy_mean", "accuracy_ci95", "num_seeds",
-      "params", "flops", "latency_ms", "size_kb"}``; accuracies are fractions in [0, 1];
+      "params", "flops", "latency_ms", "size_kb"}``; accuracies in percent (0-100);
     - ``"comparisons"``: rows ``{"setting", "num_seeds", "scratch_mean", "scratch_ci95",
-      "kd_mean", "kd_ci95", "gain_mean", "gain_ci95"}`` (fractions; gain = KD - scratch).
+      "kd_mean", "kd_ci95", "gain_mean", "gain_ci95"}`` (percent and percentage points;
+      gain = KD - scratch), as ``kdbook.evaluate.Comparison.row()`` returns them.
 
     Anything else is kept as is. numpy/torch numbers are converted; NaN becomes null.
 
@@ -235,7 +236,7 @@ def write_results(
 
     config: dict[str, Any] = {}
     models: dict[str, dict[str, Any]] = {}
-    comparisons: list[dict[str, Any]] = []
+    comparisons: dict[str, dict[str, Any]] = {}  # by setting: a later notebook's row wins
     for data in metrics.values():
         if isinstance(data.get("config"), dict):
             config = data["config"]
@@ -245,7 +246,9 @@ def write_results(
             key = str(row.get("model", row.get("arch", "?")))
             merged = models.setdefault(key, {"model": key})
             merged.update({k: v for k, v in row.items() if v is not None})
-        comparisons.extend(r for r in data.get("comparisons") or [] if isinstance(r, dict))
+        for row in data.get("comparisons") or []:
+            if isinstance(row, dict):
+                comparisons[str(row.get("setting", len(comparisons)))] = row
 
     nb_status = dict(previous.get("notebooks") or {})
     nb_status.update({k: dict(v) for k, v in (notebooks or {}).items()})
@@ -270,7 +273,7 @@ def write_results(
         "versions": _versions(),
         "notebooks": nb_status,
         "models": list(models.values()),
-        "comparisons": comparisons,
+        "comparisons": list(comparisons.values()),
         "metrics": metrics,
         "figures": figures,
     }
@@ -314,14 +317,14 @@ def _seconds(x: Any) -> str:
 
 
 def format_interval(mean: Any, ci95: Any, *, signed: bool = False, unit: str = " %") -> str:
-    """Format a fraction and its 95% half-width in percent: (0.934, 0.015) -> '93.4 ± 1.5 %'."""
+    """Format a percentage and its 95% half-width: (93.42, 1.5) -> '93.4 ± 1.5 %'."""
     m = _num(mean)
     if m is None:
         return MISSING
-    text = f"{100 * m:+.1f}" if signed else f"{100 * m:.1f}"
+    text = f"{m:+.1f}" if signed else f"{m:.1f}"
     c = _num(ci95)
     if c is not None:
-        text += f" ± {100 * c:.1f}"
+        text += f" ± {c:.1f}"
     return text + unit
 
 
@@ -663,6 +666,27 @@ def _check_book_params(
                 f"{', '.join(declared)}; declared: {', '.join(every) or 'none'}"
             )
     check_params(dict(params))
+    # The data must be in place before any notebook starts (preset's data set included).
+    import dataclasses
+
+    from kdbook.config import Config, make_config
+    from kdbook.data import check_available
+
+    fields = {f.name for f in dataclasses.fields(Config)}
+    cfg = make_config(**{k: v for k, v in params.items() if k in fields})
+    check_available(cfg.dataset)
+
+
+def _absolute_dataset(params: dict[str, Any]) -> None:
+    """Make a relative ``imagefolder:PATH`` absolute from the caller's folder, where it exists.
+
+    The notebooks run in ``notebooks/``; a path typed at the shell means the shell's folder.
+    """
+    spec = params.get("dataset")
+    if isinstance(spec, str) and spec.startswith("imagefolder:"):
+        path = Path(spec.split(":", 1)[1]).expanduser()
+        if not path.is_absolute() and path.exists():
+            params["dataset"] = f"imagefolder:{path.resolve()}"
 
 
 def run_book(
@@ -704,6 +728,7 @@ def run_book(
         raise ValueError(f"no notebooks found in {notebook_dir}")
     selected = resolve_notebooks(only, known)
     declared = {name: notebook_parameters(name, notebook_dir) for name in selected}
+    _absolute_dataset(params)
     _check_book_params(params, declared)
 
     if out is None:
@@ -727,6 +752,7 @@ def run_book(
         if "run_dir" in declared[name]:
             nb_params["run_dir"] = str(run_dir)
         source, target = notebook_dir / f"{name}.ipynb", run_dir / f"{name}.ipynb"
+        target.unlink(missing_ok=True)  # a copy from an earlier run in this folder is stale
         print(f"[{i}/{total}] {name} ... ", end="", flush=True)
         state[name] = {"status": "running"}
         t0 = time.perf_counter()

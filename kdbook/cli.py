@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except BookError:
         return 1  # run_book already printed the one-line FAILED report
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:  # bad input: a value, a missing data path
         print(f"kdbook: error: {format_error(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. --out names a file, disk full

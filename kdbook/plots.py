@@ -127,7 +127,7 @@ def reliability_plot(bins: Mapping[str, pd.DataFrame], *, title: str) -> Figure:
         filled = frame[frame["count"] > 0]
         ax.plot(filled["confidence"], filled["accuracy"], "o-", label=name)
     ax.set(xlabel="confidence (max probability)", ylabel="accuracy", title=title)
-    ax.set(xlim=(0, 1), ylim=(0, 1))
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -48,18 +48,18 @@ save_metrics(run_dir, "01_train", {
     "config": {"dataset": "digits", "preset": "classroom", "seed": 0, "num_seeds": 5,
                "device": "cpu", "temperature": temperature, "alpha": alpha, "run_dir": run_dir},
     "models": [
-        {"model": "teacher", "arch": "digits_teacher", "accuracy_mean": 0.97,
-         "accuracy_ci95": 0.01, "num_seeds": 5, "params": 11_200_000, "flops": 2_500_000,
+        {"model": "teacher", "arch": "digits_teacher", "accuracy_mean": 97.0,
+         "accuracy_ci95": 1.0, "num_seeds": 5, "params": 11_200_000, "flops": 2_500_000,
          "latency_ms": None, "size_kb": 43712.3},
-        {"model": "student (scratch)", "arch": "tiny_cnn", "accuracy_mean": 0.9,
-         "accuracy_ci95": 0.02, "num_seeds": 5, "params": 690},
+        {"model": "student (scratch)", "arch": "tiny_cnn", "accuracy_mean": 90.0,
+         "accuracy_ci95": 2.0, "num_seeds": 5, "params": 690},
     ],
     "comparisons": [
-        {"setting": "T=4", "num_seeds": 5, "scratch_mean": 0.90, "scratch_ci95": 0.02,
-         "kd_mean": 0.93, "kd_ci95": 0.01, "gain_mean": 0.03, "gain_ci95": 0.01},
-        {"setting": "T=1", "num_seeds": 5, "scratch_mean": 0.90, "scratch_ci95": 0.02,
-         "kd_mean": 0.905, "kd_ci95": 0.02, "gain_mean": 0.005, "gain_ci95": 0.02},
-        {"setting": "alpha=1", "num_seeds": 5, "gain_mean": -0.04, "gain_ci95": 0.01},
+        {"setting": "T=4", "num_seeds": 5, "scratch_mean": 90.0, "scratch_ci95": 2.0,
+         "kd_mean": 93.0, "kd_ci95": 1.0, "gain_mean": 3.0, "gain_ci95": 1.0},
+        {"setting": "T=1", "num_seeds": 5, "scratch_mean": 90.0, "scratch_ci95": 2.0,
+         "kd_mean": 90.5, "kd_ci95": 2.0, "gain_mean": 0.5, "gain_ci95": 2.0},
+        {"setting": "alpha=1", "num_seeds": 5, "gain_mean": -4.0, "gain_ci95": 1.0},
     ],
     "cwd": os.getcwd(),
 })
@@ -170,7 +170,7 @@ def test_success_writes_results_and_summary(
     models = {m["model"]: m for m in results["models"]}
     assert list(models) == ["teacher", "student (scratch)", "student (KD)"]
     assert models["teacher"]["latency_ms"] == 0.42  # a later notebook fills a field
-    assert models["teacher"]["accuracy_mean"] == 0.97  # ... and None does not erase one
+    assert models["teacher"]["accuracy_mean"] == 97.0  # ... and None does not erase one
     assert len(results["comparisons"]) == 3
     assert results["figures"] == ["figures/curve.png"]
     assert set(results["versions"]) >= {"python", "torch", "torchvision", "kdbook", "papermill"}
@@ -323,13 +323,13 @@ def test_save_metrics_converts_and_validates(tmp_path: Path) -> None:
 
 
 def test_write_results_without_a_book_run(tmp_path: Path) -> None:
-    save_metrics(tmp_path, "02_teacher", {"models": [{"model": "teacher", "accuracy_mean": 0.9}]})
+    save_metrics(tmp_path, "02_teacher", {"models": [{"model": "teacher", "accuracy_mean": 90.0}]})
     save_metrics(
-        tmp_path, "06_evaluation", {"models": [{"model": "teacher", "accuracy_mean": 0.8}]}
+        tmp_path, "06_evaluation", {"models": [{"model": "teacher", "accuracy_mean": 80.0}]}
     )
     results = write_results(tmp_path)
     assert results["status"] == "ok" and results["notebooks"] == {}
-    assert results["models"] == [{"model": "teacher", "accuracy_mean": 0.8}]  # later wins
+    assert results["models"] == [{"model": "teacher", "accuracy_mean": 80.0}]  # later wins
     assert results["dataset"] is None
     summary = (tmp_path / "summary.md").read_text()
     assert "| teacher | – | 80.0 % | – | – | – | – | – |" in summary
@@ -363,9 +363,9 @@ def test_number_formatting() -> None:
     assert human_count(12_345) == "12.3k"
     assert human_count(2.5e9) == "2.5G"
     assert human_count(None) == "–" and human_count("x") == "–" and human_count(True) == "–"
-    assert format_interval(0.934, 0.015) == "93.4 ± 1.5 %"
-    assert format_interval(0.934, None) == "93.4 %"
-    assert format_interval(-0.012, 0.004, signed=True, unit=" pt") == "-1.2 ± 0.4 pt"
+    assert format_interval(93.4, 1.5) == "93.4 ± 1.5 %"
+    assert format_interval(93.4, None) == "93.4 %"
+    assert format_interval(-1.2, 0.4, signed=True, unit=" pt") == "-1.2 ± 0.4 pt"
     assert format_interval(None, 0.1) == "–"
 
 
