@@ -27,7 +27,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install --quiet --progress-bar off -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3
 	touch $@
 
@@ -43,7 +43,7 @@ test: $(STAMP)
 	$(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(CI_RUN)/*.ipynb
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf runs/

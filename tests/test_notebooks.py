@@ -1,0 +1,114 @@
+"""The notebook contract (DESIGN.md), checked statically on the committed notebooks.
+
+Executing them is `make test`'s job (papermill, then nbval on the executed copies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import nbformat
+import papermill
+import pytest
+
+from kdbook.book import NOTEBOOK_DIR, list_notebooks
+from kdbook.config import Config
+
+NOTEBOOKS = list_notebooks()
+SHARED = {f.name for f in dataclasses.fields(Config)}
+
+
+def read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+
+
+def parameters_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"expected one cell tagged 'parameters', found {len(cells)}"
+    return cells[0]
+
+
+def test_the_core_chapters_exist() -> None:
+    core = ["01_data", "02_teacher", "03_student", "04_loss", "05_distillation", "06_evaluation"]
+    assert [n for n in NOTEBOOKS if n in core] == core
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_first_cell_is_a_title_with_goals_and_time(name: str) -> None:
+    first = read(name).cells[0]
+    assert first.cell_type == "markdown"
+    assert first.source.startswith("# "), "the first cell starts with the title"
+    assert re.search(r"learn", first.source, re.I), "says what you will learn"
+    assert re.search(r"CPU", first.source), "says how long it takes on a CPU"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_cell_comes_first_and_papermill_parses_every_line(name: str) -> None:
+    nb = read(name)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    cell = parameters_cell(nb)
+    assert code[0] is cell, "the first code cell is the parameters cell"
+    lines = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("#")]
+    declared = papermill.inspect_notebook(NOTEBOOK_DIR / f"{name}.ipynb")
+    assert len(declared) == len(lines), (
+        f"papermill parsed {sorted(declared)} out of {len(lines)} lines: "
+        "write each as `name: type = literal  # comment` (no `|` in types, no `=` in comments)"
+    )
+    for p in declared.values():
+        assert p["help"], f"parameter {p['name']} has no comment"
+        assert p["inferred_type_name"] != "None", f"parameter {p['name']} has no type"
+    assert {"preset", "seed", "run_dir"} <= declared.keys()
+    unknown = declared.keys() - SHARED
+    assert not unknown, f"{sorted(unknown)} are not shared parameters (kdbook.config.Config)"
+
+
+def test_shared_parameters_have_one_type_and_default_everywhere() -> None:
+    seen: dict[str, tuple[str, str, str]] = {}
+    for name in NOTEBOOKS:
+        for p in papermill.inspect_notebook(NOTEBOOK_DIR / f"{name}.ipynb").values():
+            key = (p["inferred_type_name"], p["default"])
+            if p["name"] in seen:
+                assert seen[p["name"]][:2] == key, (
+                    f"{p['name']} is {key} in {name} but {seen[p['name']][:2]} in "
+                    f"{seen[p['name']][2]}"
+                )
+            else:
+                seen[p["name"]] = (*key, name)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_clean(name: str) -> None:
+    nb = read(name)
+    ids = [c.get("id") for c in nb.cells]
+    assert all(ids) and len(set(ids)) == len(ids), "every cell has a unique id"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs, f"cell {cell.id} was committed with outputs"
+            assert cell.execution_count is None, f"cell {cell.id} has an execution count"
+    assert nb.metadata.kernelspec.name == "python3"
+    source = "\n".join(c.source for c in nb.cells)
+    assert "warnings.filterwarnings" not in source, "let the reader see warnings"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_reports_its_metrics_and_ends_with_exercises(name: str) -> None:
+    nb = read(name)
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert f'"{name}"' in source and "save_metrics(" in source, "calls save_metrics(..., name)"
+    headings = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown"]
+    assert any(h.startswith("## Summary") for h in headings)
+    assert any(h.startswith("## Exercises") for h in headings)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_config_cell_passes_every_declared_parameter(name: str) -> None:
+    """Nothing below the parameters cell may ignore a parameter papermill injects."""
+    nb = read(name)
+    declared = list(papermill.inspect_notebook(NOTEBOOK_DIR / f"{name}.ipynb"))
+    config = next(c for c in nb.cells if c.cell_type == "code" and "make_config(" in c.source)
+    for param in declared:
+        if param != "preset":
+            assert re.search(rf"\b{param}={param}\b", config.source), (
+                f"make_config(...) does not receive {param}"
+            )
