@@ -1,7 +1,9 @@
 # kdbook: every target sets up .venv itself, so a fresh clone needs one command.
 #   make book   execute the notebooks into runs/<timestamp>/ (OUT=DIR to choose the folder)
-#   make test   lint, unit tests, the book by papermill, nbval on the executed notebooks
+#   make test   lint, unit tests (the browser test included), the book by papermill, nbval
 #   make lab    JupyterLab on notebooks/
+#   make bench  time the sources' training loop against kdbook's (ARGS=... for more options)
+#   make html   render a run folder as a static HTML book again (RUN=DIR; make book does it)
 #   make clean  remove runs/
 
 SHELL := bash
@@ -15,12 +17,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CI_RUN := runs/ci
 
-.PHONY: help venv book test lab clean
+.PHONY: help venv book test lab bench html clean
 
 help:
 	@echo "make book   execute the notebooks into runs/<timestamp>/ (make book OUT=runs/mine)"
-	@echo "make test   lint, unit tests, the book by papermill, nbval on the executed copies"
+	@echo "make test   lint, unit and browser tests, the book by papermill, nbval on the executed copies"
 	@echo "make lab    open the notebooks in JupyterLab"
+	@echo "make bench  the sources' training loop against kdbook's: images/s, memory, ratio (-> runs/bench.json)"
+	@echo "make html   render a run folder as HTML again: make html RUN=runs/ci (-> RUN/html/)"
 	@echo "make clean  remove runs/"
 
 venv: $(STAMP)
@@ -44,6 +48,13 @@ test: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+
+bench: $(STAMP)
+	$(BIN)/kdbook bench --out $(or $(OUT),runs/bench.json) $(ARGS)
+
+html: $(STAMP)
+	$(if $(RUN),,$(error make html needs RUN=DIR, the run folder of a `make book`))
+	$(BIN)/python -c 'import sys; from kdbook.book import render_html; print(render_html(sys.argv[1]))' $(RUN)
 
 clean:
 	rm -rf runs/

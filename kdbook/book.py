@@ -362,10 +362,10 @@ def render_summary(results: Mapping[str, Any], run_dir: str | Path | None = None
     """Render a results dictionary (see :func:`write_results`) as one page of markdown."""
     config = results.get("config") or {}
     name = Path(run_dir).name if run_dir is not None else "run"
-    seeds = results.get("num_seeds")
     seed_text = MISSING
-    if results.get("seed") is not None or seeds is not None:
-        seed_text = f"seed {_cell(results.get('seed'))}, {_cell(seeds)} seed(s) per comparison"
+    if results.get("seed") is not None:
+        # Notebooks may run different numbers of seeds: each table row states its own.
+        seed_text = f"from seed {_cell(results.get('seed'))} (each row gives its number of seeds)"
     lines = [
         f"# kdbook run `{name}`",
         "",
@@ -695,6 +695,7 @@ def run_book(
     params: dict[str, Any] | None = None,
     timeout: int = 900,
     notebook_dir: str | Path | None = None,
+    rerun: bool = False,
 ) -> Path:
     """Execute notebooks with papermill, in book order, into one run folder.
 
@@ -704,12 +705,17 @@ def run_book(
     folder) when it declares one, and runs with ``notebooks/`` as its working directory.
     After each notebook, results.json and summary.md are rewritten.
 
+    Run again into the same folder with the same parameters, it resumes: the leading
+    notebooks that finished there are skipped, and everything from the first one that did
+    not finish is run again (later notebooks read what earlier ones left).
+
     Args:
         out: the run folder; default ``runs/<YYYYmmdd-HHMMSS>`` under the current directory.
         only: notebook names to run (stem, file name or unique prefix); default all.
         params: parameter overrides, e.g. ``{"temperature": 2.0, "preset": "cifar10"}``.
         timeout: seconds allowed per cell.
         notebook_dir: where the notebooks are; default :data:`NOTEBOOK_DIR`.
+        rerun: run every selected notebook even where an earlier run finished it.
 
     Returns:
         The run folder (absolute).
@@ -735,6 +741,7 @@ def run_book(
         out = Path.cwd() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    finished_before = {} if rerun else _finished_notebooks(run_dir, params)
 
     started = _now()
     state: dict[str, dict[str, Any]] = {name: {"status": "pending"} for name in selected}
@@ -752,6 +759,11 @@ def run_book(
         if "run_dir" in declared[name]:
             nb_params["run_dir"] = str(run_dir)
         source, target = notebook_dir / f"{name}.ipynb", run_dir / f"{name}.ipynb"
+        if name in finished_before and target.is_file():
+            state[name] = {"status": "ok", "seconds": finished_before[name], "skipped": True}
+            print(f"[{i}/{total}] {name} ... finished earlier, skipped", flush=True)
+            continue
+        finished_before = {}  # from here on, everything runs again
         target.unlink(missing_ok=True)  # a copy from an earlier run in this folder is stale
         print(f"[{i}/{total}] {name} ... ", end="", flush=True)
         state[name] = {"status": "running"}
@@ -788,14 +800,25 @@ def run_book(
             raise failure
         state[name] = {"status": "ok", "seconds": seconds}
         print(f"ok ({seconds:.1f} s)", flush=True)
-        last = i == total
-        write_results(
-            run_dir,
-            status="ok" if last else "running",
-            notebooks=state,
-            finished=_now() if last else None,
-        )
+        write_results(run_dir, status="running", notebooks=state, finished=None)
+    write_results(run_dir, status="ok", notebooks=state, finished=_now())
+    render_html(run_dir)
     return run_dir
+
+
+def _finished_notebooks(run_dir: Path, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Notebooks an earlier run in ``run_dir`` finished with these parameters: name -> seconds."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return {}
+    try:
+        previous = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    if previous.get("parameters") != _jsonable(dict(params)):
+        return {}
+    notebooks = previous.get("notebooks") or {}
+    return {n: v.get("seconds") for n, v in notebooks.items() if v.get("status") == "ok"}
 
 
 def _failure(name: str, exc: BaseException, target: Path, run_dir: Path, timeout: int) -> BookError:
@@ -830,3 +853,438 @@ def _failure(name: str, exc: BaseException, target: Path, run_dir: Path, timeout
         ename=type(exc).__name__,
         evalue=evalue,
     )
+
+
+# --------------------------------------------------------------------------- sweeps
+
+SWEEP_TABLE = "sweep.csv"
+POINT_FILE = "sweep_point.json"
+
+
+def sweep_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, the first parameter varying slowest.
+
+    >>> sweep_points({"temperature": [1, 2], "alpha": [0.5]})
+    [{'temperature': 1, 'alpha': 0.5}, {'temperature': 2, 'alpha': 0.5}]
+    """
+    import itertools
+
+    names = list(grid)
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def point_name(point: Mapping[str, Any]) -> str:
+    """A file-safe name for one grid point: ``{"temperature": 2, "alpha": 0.5}`` ->
+    ``"temperature-2_alpha-0.5"``."""
+    import re
+
+    def safe(value: Any) -> str:
+        return re.sub(
+            r"[^A-Za-z0-9.+-]+", "~", f"{value:g}" if isinstance(value, float) else str(value)
+        )
+
+    return "_".join(f"{k}-{safe(v)}" for k, v in point.items())
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Read ``"i/n"`` (shard i of n, 1-based): ``"2/3"`` -> ``(2, 3)``."""
+    try:
+        i, n = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must be i/n such as 1/4, got {text!r}") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"shard must be i/n with 1 <= i <= n, got {text!r}")
+    return i, n
+
+
+def metrics_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Flatten one notebook's saved metrics into table rows.
+
+    The rows are ``metrics["per_seed"]`` when the notebook reports per-seed results, else
+    ``metrics["comparisons"]``, else one row; each row also gets the top-level numbers and
+    strings (nested values and ``config`` are left out: the sweep adds the parameters).
+    """
+    scalars = {
+        k: v
+        for k, v in metrics.items()
+        if k != "config" and (v is None or isinstance(v, (bool, int, float, str)))
+    }
+    for key in ("per_seed", "comparisons"):
+        rows = metrics.get(key)
+        if isinstance(rows, list) and rows and all(isinstance(r, Mapping) for r in rows):
+            return [{**scalars, **r} for r in rows]
+    return [scalars]
+
+
+def _run_point(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one grid point in a worker process; return its status (never raise)."""
+    name, target = task["name"], Path(task["target"])
+    t0 = time.perf_counter()
+    error = None
+    try:
+        _execute_with_retry(
+            task["notebook"],
+            Path(task["source"]),
+            target,
+            task["parameters"],
+            Path(task["notebook_dir"]),
+            task["timeout"],
+        )
+        errors = widget_errors(target) if target.is_file() else []
+        if errors:
+            e = errors[0]
+            error = f"FAILED {name} widget callback: {e['ename']}: {e['evalue']}"
+    except Exception as exc:  # noqa: BLE001 - a failed point is a row, not a crash
+        failure = _failure(task["notebook"], exc, target, Path(task["run_dir"]), task["timeout"])
+        error = str(failure).replace(f"FAILED {task['notebook']}", f"FAILED {name}", 1)
+    return {
+        "name": name,
+        "status": "failed" if error else "ok",
+        "error": error,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _point_complete(run_dir: Path, notebook: str, parameters: Mapping[str, Any]) -> bool:
+    record = run_dir / POINT_FILE
+    if not (record.is_file() and (run_dir / "metrics" / f"{notebook}.json").is_file()):
+        return False
+    try:
+        return read_json(record).get("parameters") == _jsonable(parameters)
+    except ValueError:
+        return False
+
+
+def run_sweep(
+    notebook: str,
+    grid: Mapping[str, Sequence[Any]],
+    out: str | Path,
+    *,
+    seeds: int | None = None,
+    params: Mapping[str, Any] | None = None,
+    jobs: int = 1,
+    shard: tuple[int, int] | None = None,
+    timeout: int = 900,
+    reuse_from: str | Path | None = None,
+    notebook_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run ``notebook`` once per point of ``grid`` (papermill, in worker processes) and
+    gather what each run saved with :func:`save_metrics` into ``out/sweep.csv``.
+
+    Everything is checked before any run: the notebook, that each grid and fixed parameter
+    is declared in its parameters cell, and every point's values (``check_params``).
+    Each point runs with its own run folder ``out/runs/<point>/`` (its ``run_dir``) and
+    leaves its executed notebook in ``out/points/<point>.ipynb``. A point that fails is
+    reported in one line and recorded with status ``failed``; the others go on. A point
+    whose metrics are already there (same parameters) is not run again.
+
+    Args:
+        notebook: a notebook name (or unique prefix) in ``notebook_dir``.
+        grid: parameter -> values, e.g. ``{"temperature": [1, 2, 4, 8], "alpha": [0.5, 0.9]}``.
+        out: the sweep folder.
+        seeds: passed as ``num_seeds`` (the notebook must declare it).
+        params: fixed parameters for every point.
+        jobs: worker processes (papermill runs at once).
+        shard: ``(i, n)``: run only points i-1, i-1+n, i-1+2n, ... (1-based i).
+        timeout: seconds allowed per cell.
+        reuse_from: a run folder whose checkpoints (``*.pt``, e.g. the teacher) are copied
+            into each point's run folder, so that no point retrains them.
+        notebook_dir: where the notebooks are; default :data:`NOTEBOOK_DIR`.
+        progress: show a progress bar.
+
+    Returns:
+        The path of the table (``out/sweep.csv``): one row per point and seed (or setting),
+        columns ``point_index``, ``point``, ``status``, the parameters, the metrics, ``error``.
+
+    Raises:
+        ValueError: a bad notebook, parameter name or value, grid, shard or jobs (nothing
+            was run).
+    """
+    import shutil
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    notebook_dir = _notebook_dir(notebook_dir).resolve()
+    (name,) = resolve_notebooks([notebook], list_notebooks(notebook_dir))
+    declared = notebook_parameters(name, notebook_dir)
+    params = dict(params or {})
+    if not (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1):
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if not (isinstance(timeout, int) and not isinstance(timeout, bool) and timeout > 0):
+        raise ValueError(f"timeout must be an integer number of seconds > 0, got {timeout!r}")
+    if not grid or any(not list(values) for values in grid.values()):
+        raise ValueError(f"grid must give at least one value per parameter, got {dict(grid)!r}")
+    both = sorted(set(grid) & set(params))
+    if both:
+        raise ValueError(f"parameter {both[0]!r} is given both in the grid and as a fixed value")
+    if seeds is not None:
+        if "num_seeds" not in declared:
+            raise ValueError(f"--seeds needs a num_seeds parameter; {name} does not declare one")
+        params["num_seeds"] = seeds
+    if shard is not None:
+        i, n = shard
+        if not 1 <= i <= n:
+            raise ValueError(f"shard must be (i, n) with 1 <= i <= n, got {shard!r}")
+    if reuse_from is not None and not Path(reuse_from).is_dir():
+        raise ValueError(f"reuse_from must be a run folder, got {str(reuse_from)!r}")
+    _absolute_dataset(params)
+    points = sweep_points(grid)
+    for point in points:
+        _check_book_params({**params, **point}, {name: declared})
+    names = [point_name(p) for p in points]
+    if len(set(names)) != len(names):
+        raise ValueError(f"grid values must give distinct point names, got {names}")
+    indices = list(range(len(points)))
+    if shard is not None:
+        indices = indices[shard[0] - 1 :: shard[1]]
+
+    out = Path(out).resolve()
+    tasks, results = [], {}
+    for index in indices:
+        point = {**params, **points[index]}
+        run_dir = out / "runs" / names[index]
+        if _point_complete(run_dir, name, point):
+            results[index] = {"status": "ok", "error": None, "skipped": True}
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics" / f"{name}.json").unlink(missing_ok=True)
+        for checkpoint in sorted(Path(reuse_from).glob("*.pt")) if reuse_from else []:
+            if not (run_dir / checkpoint.name).exists():
+                shutil.copy2(checkpoint, run_dir / checkpoint.name)
+        write_json(run_dir / POINT_FILE, {"notebook": name, "parameters": _jsonable(point)})
+        nb_params = {**point, "run_dir": str(run_dir)} if "run_dir" in declared else point
+        target = out / "points" / f"{names[index]}.ipynb"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        tasks.append(
+            {
+                "index": index,
+                "name": names[index],
+                "notebook": name,
+                "source": str(notebook_dir / f"{name}.ipynb"),
+                "target": str(target),
+                "parameters": nb_params,
+                "notebook_dir": str(notebook_dir),
+                "run_dir": str(run_dir),
+                "timeout": timeout,
+            }
+        )
+
+    if tasks:
+        bar = tqdm(total=len(tasks), desc=f"sweep {name}", unit="point", disable=not progress)
+        # spawn: a fresh interpreter per worker, no state forked from the caller's threads
+        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_run_point, task): task["index"] for task in tasks}
+            for future in as_completed(futures):
+                result = future.result()
+                results[futures[future]] = result
+                if result["error"]:
+                    bar.write(f"{result['error']} (see {out / 'points' / result['name']}.ipynb)")
+                bar.update()
+        bar.close()
+
+    rows = []
+    for index in indices:
+        base = {"point_index": index, "point": names[index], "status": results[index]["status"]}
+        base.update(points[index])
+        base.update({k: v for k, v in params.items() if k not in base})
+        metrics_path = out / "runs" / names[index] / "metrics" / f"{name}.json"
+        if results[index]["status"] == "ok" and metrics_path.is_file():
+            rows += [{**base, **row} for row in metrics_rows(read_json(metrics_path))]
+        elif results[index]["status"] == "ok":
+            rows.append({**base, "status": "failed", "error": f"{name} saved no metrics"})
+        else:
+            rows.append({**base, "error": results[index]["error"]})
+    table = pd.DataFrame(rows)
+    if "error" not in table.columns:
+        table["error"] = None
+    table = table[[c for c in table.columns if c != "error"] + ["error"]]
+    return write_text(out / SWEEP_TABLE, table.to_csv(index=False))
+
+
+def merge_sweeps(sources: Sequence[str | Path], out: str | Path) -> Path:
+    """Merge the tables of sweep shards (folders holding sweep.csv, or CSV files) into one.
+
+    Rows are ordered by ``point_index``; a point present in several tables keeps its last
+    successful rows.
+
+    Returns:
+        The path written (atomically).
+    """
+    import pandas as pd
+
+    if not sources:
+        raise ValueError("merge needs at least one sweep folder or CSV file, got none")
+    tables = []
+    for number, source in enumerate(sources):
+        path = Path(source)
+        path = path / SWEEP_TABLE if path.is_dir() else path
+        if not path.is_file():
+            raise ValueError(f"sweep table {path} does not exist (run `kdbook sweep` first)")
+        tables.append(pd.read_csv(path).assign(_source=number))
+    table = pd.concat(tables, ignore_index=True)
+    if "point_index" not in table.columns:
+        raise ValueError("sweep tables must have a point_index column (written by kdbook sweep)")
+    keep = []
+    for _, rows in table.groupby("point_index", sort=True):
+        ok = rows[rows["status"] == "ok"]
+        chosen = ok if not ok.empty else rows
+        keep.append(chosen[chosen["_source"] == chosen["_source"].max()])
+    merged = pd.concat(keep).drop(columns="_source").reset_index(drop=True)
+    if "error" in merged.columns:  # the same column order as an unsharded table
+        merged = merged[[c for c in merged.columns if c != "error"] + ["error"]]
+    return write_text(Path(out), merged.to_csv(index=False))
+
+
+# --------------------------------------------------------------------------- HTML book
+
+HTML_DIR = "html"
+STATIC_DIR: Path = Path(__file__).resolve().parent / "static"
+
+
+def _notebook_title(nb: Any, fallback: str) -> str:
+    """The first markdown heading of a notebook, else ``fallback``."""
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for line in cell.source.splitlines():
+            if line.startswith("#"):
+                title = line.lstrip("#").strip()
+                if title:
+                    return title
+        break
+    return fallback
+
+
+def _nav(items: Sequence[tuple[str, str]], index: int) -> str:
+    """The bar above and below a chapter: contents, previous, this chapter, next."""
+    from html import escape
+
+    def link(i: int, text: str) -> str:
+        if not 0 <= i < len(items):
+            return "<span></span>"
+        return f'<a href="{items[i][0]}.html">{text}</a>'
+
+    return (
+        '<nav class="kdbook-nav"><a href="index.html">Contents</a>'
+        + link(index - 1, f"&larr; {escape(items[index - 1][1])}" if index else "")
+        + f'<span class="here">{escape(items[index][1])}</span>'
+        + link(index + 1, f"{escape(items[index + 1][1])} &rarr;" if index + 1 < len(items) else "")
+        + "</nav>"
+    )
+
+
+_INDEX_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em;
+  line-height: 1.5; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; }}
+img {{ max-width: 100%; }}
+ol.chapters li {{ margin: 0.3em 0; }}
+.status {{ color: #777; font-size: 90%; }}
+a.anchor-link {{ display: none; }}
+code {{ background: #f4f4f4; padding: 0 0.2em; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+<p>The notebooks of this run, executed, with their outputs; sliders show the state they were
+saved in (open the notebooks in JupyterLab, <code>make lab</code>, to move them).</p>
+<h2>Chapters</h2>
+<ol class="chapters">
+{chapters}
+</ol>
+<hr>
+{summary}
+</body>
+</html>
+"""
+
+
+def render_html(run_dir: str | Path) -> Path:
+    """Render a run folder's executed notebooks as a static HTML book that opens offline.
+
+    Writes ``run_dir/html/``: ``index.html`` (the chapters in order, then ``summary.md``
+    as HTML with the figures), one ``NN_name.html`` per executed notebook (nbconvert's
+    JupyterLab look; saved widget state drawn by the vendored ``@jupyter-widgets/html-manager``
+    in ``html/static/embed.js``), and ``figures/``. No page loads anything from a network:
+    no CDN script, no MathJax (formulas stay as typed). Called by :func:`run_book` at the end
+    of a run; call it again on any run folder (``render_html("runs/ci")``).
+
+    Returns:
+        The path of ``index.html``.
+    """
+    import gzip
+    import shutil
+    from html import escape
+
+    import nbformat
+    from nbconvert import HTMLExporter
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+
+    run_dir = Path(run_dir).resolve()
+    out = run_dir / HTML_DIR
+    names = sorted(p.stem for p in run_dir.glob("*.ipynb") if not p.name.startswith("."))
+    notebooks = {
+        name: nbformat.read(str(run_dir / f"{name}.ipynb"), as_version=4) for name in names
+    }
+    items = [(name, _notebook_title(nb, name)) for name, nb in notebooks.items()]
+
+    static = out / "static"
+    static.mkdir(parents=True, exist_ok=True)
+    embed = gzip.decompress((STATIC_DIR / "embed.js.gz").read_bytes())
+    if not (static / "embed.js").is_file() or (static / "embed.js").read_bytes() != embed:
+        from kdbook.io import atomic_write
+
+        atomic_write(static / "embed.js", lambda f: f.write(embed))
+    shutil.copyfile(STATIC_DIR / "embed.js.LICENSE.txt", static / "embed.js.LICENSE.txt")
+
+    exporter = HTMLExporter(template_name="lab", template_file=str(STATIC_DIR / "book.html.j2"))
+    for index, (name, _title) in enumerate(items):
+        resources = {"kdbook": {"static": "static", "nav": _nav(items, index)}}
+        body, _ = exporter.from_notebook_node(notebooks[name], resources=resources)
+        write_text(out / f"{name}.html", body)
+
+    figures = run_dir / "figures"
+    if figures.is_dir():
+        shutil.copytree(figures, out / "figures", dirs_exist_ok=True)
+
+    status = {}
+    if (run_dir / "results.json").is_file():
+        with contextlib.suppress(ValueError):
+            status = read_json(run_dir / "results.json").get("notebooks") or {}
+    chapters = []
+    for name, title in items:
+        info = status.get(name) or {}
+        note = info.get("status") or ""
+        if info.get("seconds") is not None:
+            note += f", {_seconds(info['seconds'])} s"
+        chapters.append(
+            f'<li><a href="{name}.html">{escape(title)}</a> '
+            f'<span class="status">{escape(name)}{" · " + escape(note) if note else ""}</span></li>'
+        )
+    summary_md = run_dir / "summary.md"
+    summary = (
+        markdown2html_mistune(summary_md.read_text(encoding="utf-8"))
+        if summary_md.is_file()
+        else "<p>No summary.md in this run folder.</p>"
+    )
+    page = _INDEX_PAGE.format(
+        title=escape(f"kdbook: {run_dir.name}"),
+        chapters="\n".join(chapters) or "<li>No executed notebook in this run folder.</li>",
+        summary=summary,
+    )
+    index = write_text(out / "index.html", page)
+    for path in out.rglob("*"):  # a site: readable by a web server, not only by its owner
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return index

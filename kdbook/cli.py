@@ -17,6 +17,8 @@ examples:
   kdbook book -p preset cifar10                 CIFAR-10 sizes (data in data/, see data/README.md)
   kdbook params                                 the parameters every notebook declares
   kdbook params 05_distillation
+  kdbook sweep 05 --grid temperature=1,2,4,8 --grid alpha=0.5,0.9 --seeds 3 --out runs/sweep
+  kdbook bench                                  the sources' training loop against kdbook's
 
 Run `kdbook COMMAND --help` for the options of one command.
 """
@@ -32,6 +34,37 @@ Values of -p are read like papermill's: an integer, else a float, else True/Fals
 else a string. Each notebook receives only the parameters its parameters cell declares,
 plus run_dir (the run folder). The run folder gets the executed notebooks, results.json,
 summary.md, metrics/ and figures/. Exit status: 0 ok, 1 a notebook failed, 2 bad input.
+"""
+
+SWEEP_EPILOG = """\
+examples:
+  kdbook sweep 05_distillation --grid temperature=1,2,4,8 --grid alpha=0.1,0.5,0.9 \\
+      --seeds 3 --jobs 2 --out runs/sweep
+  kdbook sweep 05 --grid temperature=1,4 --shard 1/2 --out runs/sweep-1   (on machine 1)
+  kdbook sweep 05 --grid temperature=1,4 --shard 2/2 --out runs/sweep-2   (on machine 2)
+  kdbook sweep --merge runs/sweep-1 runs/sweep-2 --out runs/sweep.csv
+
+One papermill run per grid point, in worker processes. Each point gets its own run folder
+DIR/runs/<point>/ and leaves its executed notebook in DIR/points/<point>.ipynb; what it saved
+with save_metrics is gathered into DIR/sweep.csv (one row per point and seed or setting).
+A failed point is reported and recorded as failed; the others go on. Rerunning the same
+command runs only the points that have no metrics yet. Exit status: 0 every point ok,
+1 a point failed, 2 bad input (nothing was run).
+"""
+
+BENCH_EPILOG = """\
+examples:
+  kdbook bench                                  classroom preset (digits) on the CPU
+  kdbook bench --threads 2 --out runs/bench.json
+  kdbook bench --no-augment                     all three paths the same recipe (cache valid)
+  kdbook bench --preset cifar10 --device cuda --synthetic   CIFAR-shaped random images
+  kdbook bench --smoke                          a few steps: checks that it runs (CI)
+
+Paths: seed-style (torchvision DataLoader, per-sample PIL transforms, 2 workers, fp32, the
+teacher every step), kdbook (kdbook.data.Loader: tensors prepared once, batched
+augmentation), kdbook + cached logits (the teacher's logits computed once; the same recipe
+only without augmentation, and the table says when it is not). Same data, models, loss,
+optimizer and batch size in all three. Exit status: 0 ok, 2 bad input.
 """
 
 PARAMS_EPILOG = """\
@@ -110,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds allowed per cell (default: 900)",
     )
+    book.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run every notebook again; by default a rerun into the same --out folder with the "
+        "same parameters skips the notebooks that finished there",
+    )
 
     params = sub.add_parser(
         "params",
@@ -120,16 +159,190 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     params.add_argument("notebook", nargs="?", metavar="NOTEBOOK", help="one notebook only")
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check versions, device, the notebook kernel and the data sets",
+        description="Check this environment for the book: package versions, the device "
+        "(CUDA, bf16), that the python3 kernel runs this interpreter, and which data sets "
+        "are in place; say what to do about each. Exit status: 0 ok, 1 something the book "
+        "needs is broken (a FAIL line).",
+        formatter_class=fmt,
+    )
+    doctor.add_argument(
+        "--data", default="data", metavar="DIR", help="where data sets live (default: data)"
+    )
+    sweep = sub.add_parser(
+        "sweep",
+        help="run one notebook over a grid of parameters and gather one table",
+        description="Run a notebook once per point of a parameter grid (papermill, in "
+        "worker processes) and gather each point's metrics into DIR/sweep.csv; or merge "
+        "the tables of several shards.",
+        epilog=SWEEP_EPILOG,
+        formatter_class=fmt,
+    )
+    sweep.add_argument("notebook", nargs="?", metavar="NOTEBOOK", help="the notebook to sweep")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help="a parameter and its values; repeat for a grid over several",
+    )
+    sweep.add_argument(
+        "--seeds", type=int, metavar="N", help="seeds per point (the notebook's num_seeds)"
+    )
+    sweep.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        dest="parameters",
+        help="set a fixed notebook parameter for every point; repeat for several",
+    )
+    sweep.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="points run at once (default: 1)"
+    )
+    sweep.add_argument(
+        "--shard", metavar="i/n", help="run only shard i of n (every n-th point, from the i-th)"
+    )
+    sweep.add_argument(
+        "--reuse-from",
+        metavar="RUN_DIR",
+        help="copy the checkpoints (*.pt, e.g. teacher.pt) of this run folder into each point's",
+    )
+    sweep.add_argument(
+        "--timeout",
+        type=int,
+        default=900,
+        metavar="SECONDS",
+        help="seconds allowed per cell (default: 900)",
+    )
+    sweep.add_argument(
+        "--merge", nargs="+", metavar="DIR", help="merge these sweep folders' tables into --out"
+    )
+    sweep.add_argument("--out", metavar="DIR", help="sweep folder (with --merge: the CSV file)")
+    bench = sub.add_parser(
+        "bench",
+        help="time the sources' training loop against kdbook's (images/s, memory, ratio)",
+        description="Train the same student with the same teacher three ways in one run "
+        "and print images/s, peak memory and the speed-up over the sources' loop.",
+        epilog=BENCH_EPILOG,
+        formatter_class=fmt,
+    )
+    bench.add_argument(
+        "--preset",
+        default="classroom",
+        choices=["classroom", "cifar10"],
+        help="data and models (default: classroom, digits on a CPU)",
+    )
+    bench.add_argument(
+        "--device", metavar="DEVICE", help="cpu, cuda, cuda:N or auto (default: the preset's)"
+    )
+    bench.add_argument(
+        "--steps", type=int, metavar="N", help="timed steps per round (default 100; smoke 3)"
+    )
+    bench.add_argument(
+        "--warmup", type=int, metavar="N", help="untimed steps first (default 5; smoke 1)"
+    )
+    bench.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help="rounds, the paths taking turns; each reports its median (default 3; smoke 1)",
+    )
+    bench.add_argument(
+        "--batch-size", type=int, default=128, metavar="N", help="images per step (default 128)"
+    )
+    bench.add_argument(
+        "--threads", type=int, metavar="N", help="torch threads (default: torch's, the cores)"
+    )
+    bench.add_argument(
+        "--no-augment",
+        action="store_false",
+        dest="augment",
+        help="no augmentation in any path (then the cached path trains the same recipe)",
+    )
+    bench.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="cifar10 preset: random CIFAR-shaped images instead of the files in data/",
+    )
+    bench.add_argument(
+        "--smoke", action="store_true", help="a few steps only: checks that it runs (CI)"
+    )
+    bench.add_argument("--out", metavar="FILE", help="also write the result as JSON here")
     return parser
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
+    """Read ``--grid NAME=V1,V2,...`` options.
+
+    >>> parse_grid(["temperature=1,2", "alpha=0.5"])
+    {'temperature': [1, 2], 'alpha': [0.5]}
+    """
+    grid: dict[str, list[Any]] = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not values.strip():
+            raise ValueError(
+                f"--grid must be NAME=V1,V2,... such as temperature=1,2,4, got {spec!r}"
+            )
+        if name in grid:
+            raise ValueError(f"--grid {name} is given twice")
+        grid[name] = [parse_value(v.strip()) for v in values.split(",")]
+    return grid
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from kdbook.book import merge_sweeps, parse_shard, run_sweep
+
+    if args.merge:
+        if args.notebook or args.grid:
+            raise ValueError("--merge takes sweep folders only: no NOTEBOOK or --grid")
+        if not args.out:
+            raise ValueError("--merge needs --out FILE (the merged CSV)")
+        path = merge_sweeps(args.merge, args.out)
+        print(f"merged table: {_show(path)}")
+        return 0
+    if not args.notebook:
+        raise ValueError("sweep needs a NOTEBOOK (or --merge DIR...)")
+    if not args.grid:
+        raise ValueError("sweep needs at least one --grid NAME=V1,V2,...")
+    if not args.out:
+        raise ValueError("sweep needs --out DIR (the sweep folder)")
+    path = run_sweep(
+        args.notebook,
+        parse_grid(args.grid),
+        args.out,
+        seeds=args.seeds,
+        params={name: parse_value(value) for name, value in args.parameters},
+        jobs=args.jobs,
+        shard=parse_shard(args.shard) if args.shard else None,
+        timeout=args.timeout,
+        reuse_from=args.reuse_from,
+    )
+    import pandas as pd
+
+    status = pd.read_csv(path).drop_duplicates("point")["status"]
+    failed = int((status != "ok").sum())
+    print(f"sweep table: {_show(path)} ({len(status) - failed} points ok, {failed} failed)")
+    return 1 if failed else 0
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
     from kdbook.book import run_book
 
     params = {name: parse_value(value) for name, value in args.parameters}
-    run_dir = run_book(out=args.out, only=args.only, params=params, timeout=args.timeout)
+    run_dir = run_book(
+        out=args.out, only=args.only, params=params, timeout=args.timeout, rerun=args.rerun
+    )
     print(f"run folder: {_show(run_dir)}")
     print(f"summary:    {_show(run_dir / 'summary.md')}")
+    print(f"html book:  {_show(run_dir / 'html' / 'index.html')}")
     return 0
 
 
@@ -151,6 +364,41 @@ def _cmd_params(args: argparse.Namespace) -> int:
             if p.get("help"):
                 line += f"  # {p['help']}"
             print(line)
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from kdbook.doctor import FAIL, environment_report, format_report
+
+    rows = environment_report(args.data)
+    print(format_report(rows))
+    broken = [r.name for r in rows if r.status == FAIL]
+    if broken:
+        print(f"\nbroken: {', '.join(broken)} (see 'what to do')")
+        return 1
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from kdbook.bench import run_bench, save_bench
+
+    result = run_bench(
+        args.preset,
+        device=args.device,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        batch_size=args.batch_size,
+        augment=args.augment,
+        synthetic=args.synthetic,
+        smoke=args.smoke,
+        threads=args.threads,
+    )
+    print(result.table())
+    if args.smoke:
+        print("(smoke mode: a few steps to check that the bench runs; not a measurement)")
+    if args.out:
+        print(f"\nresult: {_show(save_bench(result, args.out))}")
     return 0
 
 
@@ -182,7 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors
         return exit_.code if isinstance(exit_.code, int) else 2
-    command = {"book": _cmd_book, "params": _cmd_params}[args.command]
+    command = {
+        "book": _cmd_book,
+        "params": _cmd_params,
+        "sweep": _cmd_sweep,
+        "doctor": _cmd_doctor,
+        "bench": _cmd_bench,
+    }[args.command]
     try:
         return command(args)
     except BookError:

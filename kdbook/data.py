@@ -211,10 +211,31 @@ def _load_digits(val_fraction: float, split_seed: int) -> Dataset:
     )
 
 
+def _check_cifar10_md5(folder: Path) -> None:
+    """Raise ValueError naming the first CIFAR-10 file whose md5 is not torchvision's."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import calculate_md5
+
+    expected = [
+        *CIFAR10.train_list,
+        *CIFAR10.test_list,
+        [CIFAR10.meta["filename"], CIFAR10.meta["md5"]],
+    ]
+    for name, md5 in expected:
+        got = calculate_md5(str(folder / name))
+        if got != md5:
+            raise ValueError(
+                f"dataset 'cifar10': file {folder / name} is corrupted (md5 {got}, expected "
+                f"{md5}): delete {folder}/ and extract cifar-10-python.tar.gz into "
+                f"{folder.parent}/ again"
+            )
+
+
 def _load_cifar10(root: Path, val_fraction: float, split_seed: int) -> Dataset:
     from torchvision.datasets import CIFAR10
 
     check_available("cifar10", root)
+    _check_cifar10_md5(root / CIFAR10_FOLDER)
 
     def as_split(train: bool) -> tuple[Split, list[str]]:
         ds = CIFAR10(str(root), train=train, download=False)
@@ -236,19 +257,53 @@ def _load_cifar10(root: Path, val_fraction: float, split_seed: int) -> Dataset:
     )
 
 
-def _read_image_folder(folder: Path, image_size: int) -> tuple[Split, list[str]]:
+def _open_rgb(path: str):
+    """An image file as 8-bit RGB; ValueError naming the file if it cannot be decoded.
+
+    Grayscale (X-rays), palette and RGBA images become RGB; 16-bit grayscale is scaled
+    to 8 bits (Pillow's own conversion would clip it at 255).
+    """
+    import numpy as np
     from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.mode.startswith("I;16") or img.mode == "I":
+                wide = np.asarray(img, dtype=np.float64)
+                if img.mode != "I" or wide.max() > 255:
+                    wide = wide / 257.0
+                img = Image.fromarray(np.clip(wide.round(), 0, 255).astype(np.uint8))
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"unreadable image {path}: {e}") from None
+
+
+def _check_image_folder(folder: Path, spec: str) -> None:
+    """Raise FileNotFoundError naming a split without class folders or a class without images."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise FileNotFoundError(
+            f"dataset {spec!r}: {folder}/ holds no class folders "
+            "(expected one folder of images per class)"
+        )
+    for cls in classes:
+        has_image = any(
+            name.lower().endswith(IMG_EXTENSIONS) for _, _, files in os.walk(cls) for name in files
+        )
+        if not has_image:
+            raise FileNotFoundError(
+                f"dataset {spec!r}: class folder {cls}/ holds no images "
+                f"(accepted: {', '.join(IMG_EXTENSIONS)}); add images or remove the folder"
+            )
+
+
+def _read_image_folder(folder: Path, image_size: int) -> tuple[Split, list[str]]:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms.functional import pil_to_tensor, resize
 
-    def load_rgb(path: str) -> Image.Image:
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")  # grayscale X-rays become 3 equal channels
-        except OSError as e:
-            raise ValueError(f"unreadable image {path}: {e}") from None
-
-    ds = ImageFolder(str(folder), loader=load_rgb)
+    ds = ImageFolder(str(folder), loader=_open_rgb)
     images = torch.empty(len(ds), 3, image_size, image_size, dtype=torch.uint8)
     for i, (img, _) in enumerate(ds):
         images[i] = resize(pil_to_tensor(img), [image_size, image_size], antialias=True)
@@ -256,7 +311,18 @@ def _read_image_folder(folder: Path, image_size: int) -> tuple[Split, list[str]]
 
 
 def _load_image_folder(path: Path, image_size: int) -> Dataset:
-    check_available(f"imagefolder:{path}")
+    spec = f"imagefolder:{path}"
+    check_available(spec)
+    if not (isinstance(image_size, int) and image_size >= 1):
+        raise ValueError(f"image_size must be an integer >= 1, got {image_size!r}")
+    for name in ("train", "val", "test"):
+        _check_image_folder(path / name, spec)
+    train_classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
+    if len(train_classes) < 2:
+        raise ValueError(
+            f"dataset {spec!r}: {path / 'train'}/ has {len(train_classes)} class "
+            f"{train_classes}; KD needs >= 2 classes (one folder per class)"
+        )
     splits, classes = {}, None
     for name in ("train", "val", "test"):
         splits[name], split_classes = _read_image_folder(path / name, image_size)

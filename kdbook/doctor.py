@@ -38,10 +38,11 @@ class Diagnosis:
 
     ok: bool
     problems: list[str] = field(default_factory=list)
+    summary: str = "matches kd_loss"  # what ``ok`` means, shown after the check mark
 
     def __str__(self) -> str:
         if self.ok:
-            return "✓ matches kd_loss"
+            return f"✓ {self.summary}"
         return "\n".join(f"✗ {p}" for p in self.problems)
 
     def __repr__(self) -> str:
@@ -49,7 +50,8 @@ class Diagnosis:
 
     def _repr_html_(self) -> str:
         if self.ok:
-            return '<p style="color:green">✓ matches <code>kd_loss</code></p>'
+            text = html.escape(self.summary).replace("kd_loss", "<code>kd_loss</code>")
+            return f'<p style="color:green">✓ {text}</p>'
         items = "".join(f"<li>✗ {html.escape(p)}</li>" for p in self.problems)
         return f'<ul style="color:firebrick; list-style:none; padding-left:0">{items}</ul>'
 
@@ -368,3 +370,336 @@ def check_ece(fn: ECEFn, *, num_bins: int = 10) -> Diagnosis:
     return Diagnosis(
         False, named[:1] or [f"got {value:.4g}, kdbook.evaluate.ece gives {right:.4g}"]
     )
+
+
+# ---------------------------------------------------------------- the teacher
+
+
+def _names(names: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_teacher_frozen(model: torch.nn.Module) -> Diagnosis:
+    """Check that no parameter of a teacher would be trained.
+
+    Finds parameters that still have ``requires_grad`` (the teacher would get gradients,
+    and would be updated if its parameters reached an optimizer), and the attribute
+    mistake of source 4 (bug 3): ``param.requires_grad_ = False`` creates an attribute
+    named ``requires_grad_`` that hides the method and freezes nothing.
+
+    >>> from torch import nn
+    >>> check_teacher_frozen(nn.Linear(2, 2).requires_grad_(False)).ok
+    True
+
+    Returns:
+        A :class:`Diagnosis` counting the trainable parameters, with the fix.
+    """
+    named = list(model.named_parameters())
+    trainable = [name for name, p in named if p.requires_grad]
+    shadowed = [name for name, p in named if "requires_grad_" in vars(p)]
+    problems = []
+    if shadowed:
+        problems.append(
+            f"{len(shadowed)} parameters have an attribute named requires_grad_ "
+            f"({_names(shadowed)}): `p.requires_grad_ = False` stores a value and freezes "
+            "nothing (source 4's bug); call the method: p.requires_grad_(False), or "
+            "teacher.requires_grad_(False) for all of them (delete the attribute first: "
+            "del p.requires_grad_)"
+        )
+    if trainable:
+        count = sum(p.numel() for _, p in named if p.requires_grad)
+        problems.append(
+            f"{len(trainable)} of {len(named)} parameter tensors ({count:,} weights) still "
+            f"require grad ({_names(trainable)}): freeze the teacher with "
+            "teacher.requires_grad_(False) and run it under torch.no_grad()"
+        )
+    total = sum(p.numel() for _, p in named)
+    return Diagnosis(
+        not problems, problems, f"all {len(named)} parameter tensors ({total:,} weights) frozen"
+    )
+
+
+_BATCHNORM = (torch.nn.modules.batchnorm._BatchNorm,)
+_DROPOUT = (torch.nn.modules.dropout._DropoutNd, torch.nn.AlphaDropout)
+
+
+def check_eval_mode(model: torch.nn.Module) -> Diagnosis:
+    """Check that a teacher is in eval mode where it matters: BatchNorm and Dropout.
+
+    In train mode BatchNorm normalises with the batch's statistics and updates its running
+    statistics on every forward pass (the teacher changes while it teaches), and Dropout
+    zeroes units at random (noisy targets): bug 7 of the sources.
+
+    >>> from torch import nn
+    >>> check_eval_mode(nn.Sequential(nn.Linear(2, 2), nn.Dropout()).eval()).ok
+    True
+
+    Returns:
+        A :class:`Diagnosis` naming the layers in train mode, with the fix.
+    """
+    modules = list(model.named_modules())
+    training = [(name or "(model)", m) for name, m in modules if m.training]
+    norms = [name for name, m in training if isinstance(m, _BATCHNORM)]
+    drops = [name for name, m in training if isinstance(m, _DROPOUT)]
+    problems = []
+    if norms:
+        problems.append(
+            f"{len(norms)} BatchNorm layers are in train mode ({_names(norms)}): each "
+            "forward pass normalises with the batch's statistics and moves running_mean and "
+            "running_var; call teacher.eval()"
+        )
+    if drops:
+        problems.append(
+            f"{len(drops)} Dropout layers are in train mode ({_names(drops)}): they zero "
+            "units at random, so the soft targets are noisy; call teacher.eval()"
+        )
+    if problems:
+        return Diagnosis(False, problems)
+    if training:
+        return Diagnosis(
+            True,
+            summary=f"{len(training)} modules in train mode, none of them BatchNorm or "
+            "Dropout: the outputs are the same as in eval mode (call .eval() anyway)",
+        )
+    return Diagnosis(True, summary=f"all {len(modules)} modules in eval mode")
+
+
+def saved_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of activations autograd keeps for a backward pass while ``fn()`` runs.
+
+    Counts each distinct storage saved through ``torch.autograd.graph.saved_tensors_hooks``,
+    leaving out the parameters (leaves that require grad: they are in memory anyway).
+    Under ``torch.no_grad()`` nothing is saved, so it returns 0.
+    """
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not (t.is_leaf and t.requires_grad):
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def check_no_grad(teacher_forward: Callable[[], object]) -> Diagnosis:
+    """Run ``teacher_forward()`` (e.g. ``lambda: teacher(x).detach()``) and look at autograd.
+
+    A teacher's forward pass run without ``torch.no_grad()`` records a graph and keeps
+    every activation for a backward pass that never comes; ``.detach()`` afterwards gives
+    the right values but saves nothing (source 3, bug 4). Returns a problem when the call
+    saved tensors for backward or returned a tensor that carries a graph.
+    """
+    outputs: list[object] = []
+    saved = saved_bytes(lambda: outputs.append(teacher_forward()))
+    out = outputs[0]
+    problems = []
+    if saved:
+        problems.append(
+            f"the teacher's forward pass kept {saved / 1024:,.1f} KiB of activations for a "
+            "backward pass that never comes (and spent time recording the graph): run it "
+            "inside `with torch.no_grad():` (a .detach() afterwards does not undo this)"
+        )
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        problems.append(
+            "the teacher's output requires grad: the loss would send gradients into the "
+            "teacher; compute it under torch.no_grad() (or .detach() it)"
+        )
+    return Diagnosis(not problems, problems, "no graph recorded, nothing saved for backward")
+
+
+# ---------------------------------------------------------------- the environment
+
+OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
+REPORTED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "papermill",
+    "nbval",
+    "ipywidgets",
+    "jupyterlab",
+    "ipykernel",
+)
+
+
+@dataclass
+class EnvCheck:
+    """One line of :func:`environment_report`."""
+
+    name: str
+    status: str  # ok, warn, FAIL (something required is broken) or info
+    found: str
+    action: str = ""  # what to do about it; empty when nothing
+
+
+def _pins() -> dict[str, str]:
+    """Exact pins (``name==version``) in kdbook's own dependencies."""
+    import importlib.metadata
+    import re
+
+    try:
+        requires = importlib.metadata.requires("kdbook") or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    pins = {}
+    for req in requires:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^;\s]+)", req.strip())
+        if match:
+            pins[match[1].lower()] = match[2]
+    return pins
+
+
+def _package_checks() -> list[EnvCheck]:
+    import importlib.metadata
+    import platform
+    import sys
+
+    rows = [
+        EnvCheck(
+            "python",
+            OK if sys.version_info >= (3, 11) else FAIL,
+            f"{platform.python_version()} ({sys.executable})",
+            "" if sys.version_info >= (3, 11) else "kdbook needs Python 3.11 or newer",
+        )
+    ]
+    pins = _pins()
+    for name in REPORTED_PACKAGES:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            rows.append(
+                EnvCheck(name, FAIL, "not installed", "run `make venv` (or pip install -e .)")
+            )
+            continue
+        pin = pins.get(name)
+        if pin and version != pin:
+            rows.append(
+                EnvCheck(
+                    name,
+                    WARN,
+                    version,
+                    f"the book is tested with {name}=={pin}; run `make venv` to match",
+                )
+            )
+        else:
+            rows.append(EnvCheck(name, OK, version))
+    return rows
+
+
+def _device_checks() -> list[EnvCheck]:
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        bf16 = torch.cuda.is_bf16_supported()
+        return [
+            EnvCheck("device", OK, f"CUDA: {torch.cuda.device_count()} x {name}"),
+            EnvCheck(
+                "bf16",
+                OK if bf16 else INFO,
+                "supported" if bf16 else "not supported",
+                "" if bf16 else "use float16 autocast with torch.amp.GradScaler",
+            ),
+        ]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return [EnvCheck("device", OK, "Apple MPS (no CUDA)", "pass -p device mps")]
+    return [
+        EnvCheck(
+            "device",
+            INFO,
+            f"CPU only (torch threads: {torch.get_num_threads()})",
+            "fine for the classroom preset; the cifar10 preset wants a CUDA GPU",
+        )
+    ]
+
+
+def _kernel_check() -> EnvCheck:
+    import shutil
+    import sys
+    from pathlib import Path
+
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    except ImportError:
+        return EnvCheck("kernel python3", FAIL, "jupyter_client missing", "run `make venv`")
+    fix = f"{sys.executable} -m ipykernel install --sys-prefix --name python3"
+    try:
+        spec = KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        return EnvCheck("kernel python3", FAIL, "no kernelspec named python3", f"run `{fix}`")
+    program = spec.argv[0] if spec.argv else ""
+    resolved = shutil.which(program) or program
+    if resolved and Path(resolved).resolve() == Path(sys.executable).resolve():
+        return EnvCheck("kernel python3", OK, f"{program} (this interpreter)")
+    return EnvCheck(
+        "kernel python3",
+        FAIL,
+        f"{program or '?'} (not this interpreter, {sys.executable})",
+        f"papermill would run the notebooks elsewhere; run `{fix}`",
+    )
+
+
+def _imagefolder_trees(root) -> list[str]:
+    """Folders under ``root`` (two levels deep) that hold train/, val/ and test/."""
+    if not root.is_dir():
+        return []
+    candidates = [p for p in root.iterdir() if p.is_dir()]
+    candidates += [q for p in candidates for q in p.iterdir() if q.is_dir()]
+    return sorted(
+        str(p.relative_to(root.parent))
+        for p in candidates
+        if all((p / split).is_dir() for split in ("train", "val", "test"))
+    )
+
+
+def _data_checks(root: str = "data") -> list[EnvCheck]:
+    from kdbook.data import check_available, resolve_path
+
+    rows = []
+    try:
+        from sklearn.datasets import load_digits
+
+        count = len(load_digits().target)
+        rows.append(EnvCheck("data digits", OK, f"{count} images (embedded)"))
+    except Exception as e:  # a broken scikit-learn install can raise anything
+        rows.append(EnvCheck("data digits", FAIL, f"{type(e).__name__}: {e}", "run `make venv`"))
+    try:
+        check_available("cifar10", root)
+        rows.append(EnvCheck("data cifar10", OK, f"found in {resolve_path(root)}"))
+    except FileNotFoundError as e:
+        rows.append(EnvCheck("data cifar10", INFO, "not found (optional)", str(e)))
+    trees = _imagefolder_trees(resolve_path(root))
+    rows.append(
+        EnvCheck(
+            "data imagefolder",
+            OK if trees else INFO,
+            ", ".join(f"imagefolder:{t}" for t in trees) or "none (optional)",
+            "" if trees else f"place a train/ val/ test/ <class>/ tree under {root}/",
+        )
+    )
+    return rows
+
+
+def environment_report(data_root: str = "data") -> list[EnvCheck]:
+    """What ``kdbook doctor`` checks: versions, device, the notebook kernel, the data sets.
+
+    Each row has a status (ok, warn, FAIL when something the book needs is broken, info)
+    and what to do about it.
+    """
+    return [*_package_checks(), *_device_checks(), _kernel_check(), *_data_checks(data_root)]
+
+
+def format_report(rows: Sequence[EnvCheck]) -> str:
+    """The report as a plain-text table, one line per check."""
+    header = ("check", "status", "found", "what to do")
+    table = [header, *[(r.name, r.status, r.found, r.action) for r in rows]]
+    widths = [max(len(line[i]) for line in table) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line[:3], widths, strict=True))
+        + ("  " + line[3] if line[3] else "")
+        for line in table
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len(header[3]))
+    return "\n".join(line.rstrip() for line in lines)

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +20,24 @@ def _check(temperature: float, alpha: float | None = None) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if alpha is not None and not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+
+
+def _check_shapes(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor | None = None,
+) -> None:
+    """Raise ValueError naming the shapes unless the logits match and targets fit them."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            "student_logits and teacher_logits must have the same shape (N, C), got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+    if targets is not None and targets.shape != student_logits.shape[:-1]:
+        raise ValueError(
+            f"targets must have shape {tuple(student_logits.shape[:-1])} (one class index per "
+            f"row of student_logits {tuple(student_logits.shape)}), got {tuple(targets.shape)}"
+        )
 
 
 def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -35,6 +55,7 @@ def soft_kd_term(
     as T changes: the gradient of the KL with respect to the logits shrinks like ``1/T^2``.
     """
     _check(temperature)
+    _check_shapes(student_logits, teacher_logits)
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
@@ -68,6 +89,7 @@ def kd_loss(
         A scalar tensor.
     """
     _check(temperature, alpha)
+    _check_shapes(student_logits, teacher_logits, targets)
     soft = soft_kd_term(student_logits, teacher_logits, temperature)
     labelled = targets != UNLABELED
     if labelled.any():
@@ -75,3 +97,338 @@ def kd_loss(
     else:
         hard = student_logits.new_zeros(())
     return alpha * soft + (1 - alpha) * hard
+
+
+# ----------------------------------------------------------------------------------------
+# The sources' buggy losses, kept side by side with the right one (SOURCES.md, "Bugs in
+# the sources"). They take kd_loss's arguments so that the same probes and the same
+# training code run on them; 08_troubleshooting measures what each gets wrong and
+# kdbook.doctor.check_kd_loss names the bug. Do not train with them.
+
+
+def kd_loss_source3(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+) -> torch.Tensor:
+    """Source 3's bug 1: ``log_softmax(teacher / T)`` as ``F.kl_div``'s target, no ``log_target``.
+
+    ``F.kl_div(input, target)`` reads ``target`` as probabilities and computes
+    ``target * (log(target) - input)``. Log-probabilities are negative, so ``log(target)``
+    is NaN: in current PyTorch (2.x) the printed loss is NaN. The gradient is not: the NaN
+    part does not depend on the student, and the rest, ``T^2 * sum(-log p_t * log p_s) / N``,
+    has no minimum. It keeps pushing the student's probability of every class but the
+    teacher's top one towards 0, so a student following it grows more confident than the
+    teacher's softened targets and its KL to the teacher, after a first dip, climbs without
+    bound; only the NaN in the logged loss gives it away. (Old PyTorch releases skipped
+    non-positive targets: the same line returned a soft term of 0 and the student learned
+    from the cross-entropy alone.)
+    The fix is
+    ``F.kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True)`` or a probability
+    target ``softmax(t/T)``, as :func:`soft_kd_term` does.
+
+    Everything else is kd_loss's: alpha weights the soft term, ``batchmean``, ``T^2``
+    (source 3 itself weighs the cross-entropy by its ``a``; that is bug 6, see
+    :func:`kd_loss_alpha_on_ce`).
+    """
+    _check(temperature, alpha)
+    kl = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=-1),
+        F.log_softmax(teacher_logits / temperature, dim=-1),  # the bug: no log_target=True
+        reduction="batchmean",
+    )
+    return alpha * temperature**2 * kl + (1 - alpha) * F.cross_entropy(student_logits, targets)
+
+
+def kd_loss_source4(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+) -> torch.Tensor:
+    """Source 4's bug 2: ``nn.KLDivLoss()`` with its default ``reduction='mean'`` and no ``T^2``.
+
+    ``'mean'`` divides the summed KL by batch x classes instead of the batch size, so the
+    soft term is ``1 / num_classes`` of the KL (PyTorch warns about it on each new call
+    site), and without ``T^2`` it shrinks by another ``1 / T^2``: at T = 4 with 10 classes
+    the soft term and its gradient are 1/160 of Hinton's, and the cross-entropy drowns
+    them. (Source 4 ran T = 1, where only the ``1 / num_classes`` part bites; with its
+    2 classes that is a factor 1/2.) Fix: ``reduction='batchmean'`` and ``* T**2``, as
+    :func:`soft_kd_term` does.
+    """
+    _check(temperature, alpha)
+    kl = torch.nn.KLDivLoss()(  # the bug: default reduction='mean', and no T^2 below
+        F.log_softmax(student_logits / temperature, dim=-1),
+        F.softmax(teacher_logits / temperature, dim=-1),
+    )
+    return alpha * kl + (1 - alpha) * F.cross_entropy(student_logits, targets)
+
+
+def kd_loss_alpha_on_ce(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+) -> torch.Tensor:
+    """Source 3's convention (bug 6): ``alpha * CE + (1 - alpha) * T^2 * KL``.
+
+    Not wrong in itself: it is :func:`kd_loss` with ``1 - alpha``. It becomes a bug when a
+    recipe's alpha is fed to code of the other convention (source 4's code and prose
+    disagree): alpha = 0.7 then puts 0.3 on the teacher instead of 0.7.
+    """
+    _check(temperature, alpha)
+    return kd_loss(student_logits, teacher_logits, targets, temperature, 1 - alpha)
+
+
+BUGGY_KD_LOSSES = {
+    "source 3: log-probability target without log_target=True (bug 1)": kd_loss_source3,
+    "source 4: KLDivLoss() reduction='mean', no T^2 (bug 2)": kd_loss_source4,
+    "source 3's convention: alpha on the cross-entropy (bug 6)": kd_loss_alpha_on_ce,
+}
+"""The buggy variants by what is wrong with them (see each docstring)."""
+
+
+class FeatureAdapter(torch.nn.Module):
+    """Source 2's adapter: a 1x1 convolution and BatchNorm from student to teacher channels.
+
+    Adaptive average pooling then brings the student's map to the teacher's spatial size,
+    so that :func:`hint_loss` can compare them. The adapter has weights: it must be built
+    once, before the optimizer, and its parameters given to the optimizer with the
+    student's (source 2 builds it inside the training loop, bug 9: a fresh random adapter
+    every step that never learns).
+    """
+
+    def __init__(self, student_channels: int, teacher_channels: int) -> None:
+        super().__init__()
+        self.proj = torch.nn.Sequential(
+            torch.nn.Conv2d(student_channels, teacher_channels, 1, bias=False),
+            torch.nn.BatchNorm2d(teacher_channels),
+        )
+
+    def forward(self, student_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.proj(student_features), size)
+
+
+def hint_loss(
+    student_features: torch.Tensor, teacher_features: torch.Tensor, adapter: FeatureAdapter
+) -> torch.Tensor:
+    """FitNets' hint loss (Romero et al., arXiv:1412.6550) with source 2's adapter.
+
+    ``loss = mean((pool(adapter(f_s)) - f_t)^2)``: the student's ``(N, Cs, Hs, Ws)`` map,
+    mapped to ``(N, Ct, Ht, Wt)``, against the teacher's (no gradient to the teacher).
+    """
+    if student_features.dim() != 4 or teacher_features.dim() != 4:
+        raise ValueError(
+            "student_features and teacher_features must be (N, C, H, W) maps, got shapes "
+            f"{tuple(student_features.shape)} and {tuple(teacher_features.shape)}"
+        )
+    mapped = adapter(student_features, tuple(teacher_features.shape[-2:]))
+    return F.mse_loss(mapped, teacher_features.detach())
+
+
+# ----------------------------------------------------------------------------------------
+# Feature distillation: losses on the models' ``forward_features`` outputs, as modules, so
+# that :func:`kdbook.train.fit` can take one as ``feature_loss`` and train its parameters
+# (the adapter) with the student's. Each takes ``(student_features, teacher_features)``.
+
+
+class HintLoss(torch.nn.Module):
+    """FitNets' hint loss (Romero et al. 2015, arXiv:1412.6550) with a trained adapter.
+
+    ``loss = mean((pool(BN(conv1x1(f_s))) - f_t)^2)``
+
+    The student's ``(N, Cs, Hs, Ws)`` map goes through a :class:`FeatureAdapter` (1x1
+    convolution and BatchNorm, ``Cs -> Ct`` channels), adaptive average pooling brings it to
+    the teacher's ``(Ht, Wt)``, and the mean squared error (over batch, channels and
+    positions) compares it with the teacher's map, which gets no gradient. The adapter is
+    this module's parameter: build the loss once and give it to ``fit(feature_loss=...)``,
+    which adds its parameters to the optimizer (source 2's bug 9 rebuilds it every step).
+
+    >>> loss = HintLoss(4, 6)
+    >>> loss(torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)).shape
+    torch.Size([])
+    """
+
+    def __init__(self, student_channels: int, teacher_channels: int) -> None:
+        super().__init__()
+        self.adapter = FeatureAdapter(student_channels, teacher_channels)
+
+    def forward(
+        self, student_features: torch.Tensor, teacher_features: torch.Tensor
+    ) -> torch.Tensor:
+        return hint_loss(student_features, teacher_features, self.adapter)
+
+
+def tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """ViT tokens ``(N, 1 + H*W, D)`` to a feature map ``(N, D, H, W)``: drop the class token.
+
+    A 4-d map passes through unchanged, so the losses below accept either.
+
+    >>> tokens_to_map(torch.zeros(2, 1 + 16, 64)).shape
+    torch.Size([2, 64, 4, 4])
+    """
+    if tokens.dim() == 4:
+        return tokens
+    side = math.isqrt(tokens.shape[1] - 1) if tokens.dim() == 3 and tokens.shape[1] > 1 else 0
+    if tokens.dim() != 3 or side * side != tokens.shape[1] - 1:
+        raise ValueError(
+            "features must be a (N, C, H, W) map or ViT tokens (N, 1 + H*W, D) with a "
+            f"square grid, got shape {tuple(tokens.shape)}"
+        )
+    patches = tokens[:, 1:]
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+
+
+def attention_map(features: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Zagoruyko and Komodakis' spatial attention: ``mean_c |A_c|^p``, shape ``(N, H, W)``.
+
+    ``features`` is a ``(N, C, H, W)`` map or ViT tokens (see :func:`tokens_to_map`).
+    """
+    return tokens_to_map(features).abs().pow(p).mean(dim=1)
+
+
+def attention_transfer_loss(
+    student_features: torch.Tensor, teacher_features: torch.Tensor, p: float = 2.0
+) -> torch.Tensor:
+    """Attention transfer (Zagoruyko and Komodakis 2017, arXiv:1612.03928).
+
+    ``Q = vec(mean_c |A_c|^p)``, ``loss = mean_n || Q_s / ||Q_s|| - Q_t / ||Q_t|| ||^2``
+
+    Each map is reduced to one attention map (:func:`attention_map`, p = 2 as in the
+    paper), the larger map is first resized to the smaller's ``(H, W)`` (bilinear; a
+    factor-2 reduction averages 2x2 blocks), each is flattened and L2-normalised, and the
+    loss is the squared distance of the two, averaged over the batch (so it lies in [0, 4]).
+    No parameters: the student and teacher may have any channel counts. The authors' code
+    also averages over the ``H*W`` positions and weighs the term by beta = 1000; this is
+    that term times ``H*W``, so a ``feature_weight`` of about ``1000 / (H*W)`` matches them.
+    """
+    q_s, q_t = attention_map(student_features, p), attention_map(teacher_features, p)
+    size = (min(q_s.shape[1], q_t.shape[1]), min(q_s.shape[2], q_t.shape[2]))
+
+    def flat(q: torch.Tensor) -> torch.Tensor:
+        if q.shape[1:] != size:
+            q = F.interpolate(q[:, None], size=size, mode="bilinear", align_corners=False)
+        return F.normalize(q.reshape(len(q), -1), dim=1)
+
+    return (flat(q_s) - flat(q_t.detach())).pow(2).sum(dim=1).mean()
+
+
+class AttentionTransfer(torch.nn.Module):
+    """:func:`attention_transfer_loss` as a module for ``fit(feature_loss=...)``."""
+
+    def __init__(self, p: float = 2.0) -> None:
+        super().__init__()
+        if not p > 0:
+            raise ValueError(f"p must be > 0, got {p!r}")
+        self.p = p
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(
+        self, student_features: torch.Tensor, teacher_features: torch.Tensor
+    ) -> torch.Tensor:
+        return attention_transfer_loss(student_features, teacher_features, self.p)
+
+
+class SEBlock(torch.nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): ``x * sigmoid(W2 relu(W1 avgpool(x)))``.
+
+    Channel attention: each channel is rescaled by a weight in (0, 1) computed from the
+    average of all channels over the map (``reduction`` shrinks the hidden layer).
+    """
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.gate = torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Conv2d(channels, hidden, 1),
+            torch.nn.ReLU(inplace=True),
+            torch.nn.Conv2d(hidden, channels, 1),
+            torch.nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class TokenAlignment(torch.nn.Module):
+    """Source 5's ViT-to-CNN feature alignment: 1x1 conv + BN + SE block, then MSE.
+
+    ``loss = mean((pool(SE(BN(conv1x1(f_s)))) + noise - map(z_t))^2)``
+
+    The teacher's ViT tokens ``z_t`` ``(N, 1 + h*w, D)`` lose their class token and become a
+    ``(N, D, h, w)`` map (:func:`tokens_to_map`). The student's ``(N, Cs, H, W)`` map is
+    mapped to ``D`` channels by a 1x1 convolution and BatchNorm, reweighted per channel by
+    an :class:`SEBlock`, and pooled to ``(h, w)``. ``noise_std`` adds Gaussian noise to
+    the mapped features in training mode (source 5's "small noise on features").
+
+    Direction: source 5 maps one side to the other with a trained module; here the student
+    is mapped to the teacher, as in FitNets, so that the target stays fixed. A trained
+    mapping of the teacher's tokens to the student's map would chase a moving target, and
+    both sides could shrink together towards a zero loss that teaches nothing.
+    """
+
+    def __init__(
+        self, student_channels: int, teacher_dim: int, *, reduction: int = 4, noise_std: float = 0.0
+    ) -> None:
+        super().__init__()
+        if not noise_std >= 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
+        self.proj = torch.nn.Sequential(
+            torch.nn.Conv2d(student_channels, teacher_dim, 1, bias=False),
+            torch.nn.BatchNorm2d(teacher_dim),
+            SEBlock(teacher_dim, reduction),
+        )
+        self.noise_std = noise_std
+
+    def extra_repr(self) -> str:
+        return f"noise_std={self.noise_std}"
+
+    def forward(
+        self, student_features: torch.Tensor, teacher_features: torch.Tensor
+    ) -> torch.Tensor:
+        target = tokens_to_map(teacher_features).detach()
+        if student_features.dim() != 4:
+            raise ValueError(
+                "student_features must be a (N, C, H, W) map, got shape "
+                f"{tuple(student_features.shape)}"
+            )
+        mapped = F.adaptive_avg_pool2d(self.proj(student_features), target.shape[-2:])
+        if self.training and self.noise_std > 0:
+            mapped = mapped + self.noise_std * torch.randn_like(mapped)
+        return F.mse_loss(mapped, target)
+
+
+def ensemble_logits(
+    teacher_logits: list[torch.Tensor],
+    temperature: float,
+    weights: list[float] | None = None,
+) -> torch.Tensor:
+    """Several teachers as one: logits whose softmax at T is the weighted mean of theirs.
+
+    ``p = sum_i w_i softmax(t_i / T)`` (weights normalised to sum 1, equal by default), and
+    the result is ``T * log p``, so that ``softmax(result / T) = p`` and :func:`kd_loss`
+    distils towards the averaged probabilities at T (not towards averaged logits, which
+    would let one over-confident teacher dominate). Source 3's multi-teacher variant.
+    """
+    _check(temperature)
+    if not teacher_logits:
+        raise ValueError("teacher_logits must hold at least one tensor, got []")
+    weights = [1.0] * len(teacher_logits) if weights is None else list(weights)
+    if len(weights) != len(teacher_logits) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(
+            f"weights must be {len(teacher_logits)} numbers >= 0 with a positive sum, "
+            f"got {weights!r}"
+        )
+    # log p = logsumexp_i(log w_i + log_softmax(t_i / T)): no log(0) where a softmax underflows
+    log_w = torch.log(torch.tensor(weights, dtype=teacher_logits[0].dtype) / sum(weights))
+    log_p = torch.stack(
+        [F.log_softmax(t / temperature, dim=-1) for t in teacher_logits]
+    ) + log_w.to(teacher_logits[0].device).view(-1, *[1] * teacher_logits[0].dim())
+    return temperature * torch.logsumexp(log_p, dim=0)

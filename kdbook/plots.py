@@ -223,3 +223,111 @@ def line_plot(
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def sweep_heatmap(
+    summary: pd.DataFrame,
+    value: str,
+    ci: str | None = None,
+    *,
+    title: str,
+    ax=None,
+    highlight: tuple[float, float] | None = None,
+    cmap: str | None = None,
+    label: str | None = None,
+) -> Figure:
+    """A (temperature x alpha) grid as a heat map, each cell annotated "mean ± 95% CI".
+
+    Args:
+        summary: indexed by (temperature, alpha), e.g. :func:`kdbook.widgets.sweep_summary`.
+        value: the column coloured and written (e.g. ``"gain_mean"``, in points or %).
+        ci: the column of its 95% half-width, written under it (or None).
+        title: the panel's title (say the unit).
+        ax: draw into this Axes instead of a new figure.
+        highlight: a (temperature, alpha) cell to frame in red.
+        cmap: the colour map; default a diverging one centred on 0 when the values change
+            sign (a gain that is sometimes negative), else a sequential one.
+        label: the colour bar's label (default: ``value``).
+    """
+    from matplotlib.patches import Rectangle
+
+    grid = summary[value].unstack("temperature").sort_index()
+    spread = summary[ci].unstack("temperature").reindex_like(grid) if ci else None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.3 * grid.shape[1] + 2.2, 0.9 * grid.shape[0] + 1.6))
+    fig = ax.figure
+    values = grid.to_numpy(dtype=float)
+    finite = values[~pd.isna(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    signed = low < 0 < high
+    if signed:
+        bound = max(-low, high)
+        low, high = -bound, bound
+    im = ax.imshow(
+        values,
+        cmap=cmap or ("RdBu" if signed else "viridis"),
+        vmin=low,
+        vmax=high,
+        aspect="auto",
+        origin="lower",
+    )
+    for r in range(grid.shape[0]):
+        for c in range(grid.shape[1]):
+            v = values[r, c]
+            if pd.isna(v):
+                ax.text(c, r, "failed", ha="center", va="center", fontsize=8, color="gray")
+                continue
+            text = f"{v:+.1f}" if signed else f"{v:.1f}"
+            if spread is not None and not pd.isna(spread.iat[r, c]):
+                text += f"\n± {spread.iat[r, c]:.1f}"
+            red, green, blue, _ = im.cmap(im.norm(v))
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
+            ax.text(
+                c, r, text, ha="center", va="center", fontsize=9, color="white" if dark else "black"
+            )
+    ax.set_xticks(range(grid.shape[1]), [f"{t:g}" for t in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), [f"{a:g}" for a in grid.index])
+    ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft term)", title=title)
+    if highlight is not None:
+        t, a = highlight
+        if t in list(grid.columns) and a in list(grid.index):
+            c, r = list(grid.columns).index(t), list(grid.index).index(a)
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, lw=3, color="red"))
+    fig.colorbar(im, ax=ax, label=label or value)
+    return fig
+
+
+def interval_plot(
+    per_seed: pd.DataFrame, summary: pd.DataFrame, *, title: str, xlabel: str
+) -> Figure:
+    """Many methods as horizontal rows: each seed as a dot, the mean with its 95% interval.
+
+    Like :func:`comparison_plot`, for more (or longer-named) methods than fit side by side.
+
+    Args:
+        per_seed: one column per method, one row per seed.
+        summary: indexed by method, with ``mean`` and ``ci95`` (``kdbook.evaluate.summarize``).
+        title, xlabel: texts of the figure (put the unit in ``xlabel``).
+    """
+    methods = [m for m in per_seed.columns if m in summary.index]
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(methods) + 1.4))
+    for i, method in enumerate(methods):
+        values = per_seed[method]
+        label = "one seed" if i == 0 else None
+        ax.scatter(values, [i] * len(values), alpha=0.5, color="tab:blue", label=label)
+        ax.errorbar(
+            summary.loc[method, "mean"],
+            i + 0.2,
+            xerr=summary.loc[method, "ci95"],
+            fmt="o",
+            color="black",
+            capsize=4,
+            label="mean ± 95% interval" if i == 0 else None,
+        )
+    ax.set_yticks(range(len(methods)), methods)
+    ax.invert_yaxis()
+    ax.set(xlabel=xlabel, title=title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig

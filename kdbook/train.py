@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ from tqdm.auto import tqdm
 from kdbook.config import check_params, resolve_device
 from kdbook.data import UNLABELED, Dataset, Loader, Split
 from kdbook.io import atomic_write
-from kdbook.losses import kd_loss
+from kdbook.losses import ensemble_logits, kd_loss
+from kdbook.schedules import value_at
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -50,13 +53,11 @@ class History:
 
 
 def _make_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float
+    params: list[nn.Parameter], name: str, lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
     if name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 @torch.no_grad()
@@ -73,23 +74,199 @@ def _evaluate(
     return loss / len(split), 100.0 * correct / len(split)
 
 
+# The settings that must agree for a checkpoint to continue (or stand for) a run.
+RESUME_SETTINGS = (
+    "model",
+    "teacher",
+    "dataset",
+    "seed",
+    "num_epochs",
+    "lr",
+    "batch_size",
+    "optimizer",
+    "temperature",
+    "alpha",
+    "train_samples",
+    "teacher_weights",
+    "feature_loss",
+    "feature_weight",
+    "max_grad_norm",
+)
+
+
+def _tensor_digest(tensors: list[torch.Tensor]) -> str:
+    """sha1 of the tensors' bytes (any dtype, any device)."""
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _fingerprint(data: Dataset, teachers: list[nn.Module]) -> dict[str, str | None]:
+    """What settings do not say: the training labels (label fraction) and the teachers' weights."""
+    weights = [v for t in teachers for v in t.state_dict().values()]
+    return {
+        "train_labels": _tensor_digest([data.train.labels]),
+        "teacher": _tensor_digest(weights) if teachers else None,
+    }
+
+
+@torch.no_grad()
+def _check_outputs(model: nn.Module, data: Dataset, device: torch.device, role: str) -> None:
+    """One forward pass in eval mode (no state changes): ``model`` fits the data's classes."""
+    was_training = model.training
+    model.eval()
+    x = data.normalize(data.train.images[:2].to(device))
+    try:
+        out = model(x)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{role} cannot run on data set {data.name!r}'s images of shape "
+            f"{tuple(x.shape[1:])}: {e}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise ValueError(
+            f"{role} outputs {out.shape[-1]} classes, data set {data.name!r} has "
+            f"{data.num_classes}: build it with num_classes={data.num_classes}"
+        )
+
+
+def _check_fit_inputs(
+    model: Any, data: Any, teachers: list[Any], optimizer: str, params: dict[str, Any]
+) -> None:
+    check_params({k: v for k, v in params.items() if not callable(v)})
+    for name in ("temperature", "alpha"):
+        if callable(params[name]):
+            _check_schedule(name, params[name])
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for teacher in teachers:
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(
+                "teacher must be a torch.nn.Module, a list of them, or None, got "
+                f"{type(teacher).__name__}"
+            )
+    if not isinstance(data, Dataset):
+        raise TypeError(
+            f"data must be a kdbook.data.Dataset (from load_dataset), got {type(data).__name__}"
+        )
+
+
+def _check_schedule(name: str, schedule: Callable[[float], float]) -> None:
+    """Check a schedule's values at progress 0, 0.1, ..., 1 as check_params checks a number."""
+    for p in [i / 10 for i in range(11)]:
+        try:
+            value = schedule(p)
+            check_params({name: value})
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{name} schedule {schedule!r} at progress {p}: {e}") from None
+
+
+def _check_feature_args(feature_loss: Any, feature_weight: Any, teachers: list) -> None:
+    if feature_loss is not None and not isinstance(feature_loss, nn.Module):
+        kind = type(feature_loss).__name__
+        raise TypeError(f"feature_loss must be a torch.nn.Module or None, got {kind}")
+    if feature_loss is not None and len(teachers) != 1:
+        raise ValueError(f"feature_loss needs exactly one teacher, got {len(teachers)}")
+    points = [i / 10 for i in range(11)] if callable(feature_weight) else [0.0]
+    for p in points:
+        value = value_at(feature_weight, p)
+        if not (isinstance(value, int | float) and not isinstance(value, bool) and value >= 0):
+            where = (
+                f" (schedule {feature_weight!r} at progress {p})"
+                if callable(feature_weight)
+                else ""
+            )
+            raise ValueError(f"feature_weight must be a number >= 0{where}, got {value!r}")
+    if feature_loss is None and feature_weight != 0:
+        raise ValueError(f"feature_weight={feature_weight!r} needs a feature_loss, got None")
+
+
+def _as_teachers(teacher: Any) -> list[Any]:
+    """``teacher`` as a list: [] for None, [m] for one model, the models of a list or tuple."""
+    if teacher is None:
+        return []
+    if isinstance(teacher, list | tuple):
+        if not teacher:
+            raise ValueError("teacher must name at least one model, got an empty list")
+        return list(teacher)
+    return [teacher]
+
+
+def _check_teacher_weights(weights: Any, teachers: list[nn.Module]) -> list[float] | None:
+    if weights is None:
+        return None
+    weights = [float(w) for w in weights]
+    if len(weights) != len(teachers) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(
+            f"teacher_weights must be {len(teachers)} numbers >= 0 (one per teacher) with a "
+            f"positive sum, got {weights!r}"
+        )
+    return weights
+
+
+@torch.no_grad()
+def _check_features(
+    model: nn.Module, teacher: nn.Module, feature_loss: nn.Module, data: Dataset, device
+) -> None:
+    """One eval-mode pass of ``feature_loss`` on two images: the features fit together."""
+    for role, net in (("model", model), ("teacher", teacher)):
+        if not callable(getattr(net, "forward_features", None)):
+            raise ValueError(
+                f"feature_loss needs {role}.forward_features and forward_head "
+                "(kdbook.models' split); this one has none"
+            )
+    x = data.normalize(data.train.images[:2].to(device))
+    modes = [m.training for m in (model, feature_loss)]
+    model.eval()
+    feature_loss.eval()
+    try:
+        # forward_features runs: _check_outputs has run the whole forward pass already
+        fs, ft = model.forward_features(x), teacher.forward_features(x)
+        try:
+            feature_loss(fs, ft)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"feature_loss {type(feature_loss).__name__} cannot compare the student's "
+                f"features {tuple(fs.shape[1:])} with the teacher's {tuple(ft.shape[1:])}: {e}"
+            ) from None
+    finally:
+        model.train(modes[0])
+        feature_loss.train(modes[1])
+
+
+def _setting(value: Any) -> Any:
+    """A number as it is, a schedule (or module) by its repr: what a checkpoint records."""
+    return value if value is None or isinstance(value, int | float) else repr(value)
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
     *,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | Sequence[nn.Module] | None = None,
     num_epochs: int = 30,
     lr: float = 0.05,
     batch_size: int = 64,
     optimizer: str = "sgd",
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
-    temperature: float = 4.0,
-    alpha: float = 0.7,
+    temperature: float | Callable[[float], float] = 4.0,
+    alpha: float | Callable[[float], float] = 0.7,
+    teacher_weights: Sequence[float] | None = None,
+    feature_loss: nn.Module | None = None,
+    feature_weight: float | Callable[[float], float] = 0.0,
+    max_grad_norm: float | None = None,
     augment: bool = True,
     device: str = "cpu",
     seed: int = 0,
     checkpoint: str | Path | None = None,
+    resume: bool | None = None,
     progress: bool = True,
     desc: str | None = None,
 ) -> History:
@@ -101,23 +278,71 @@ def fit(
     ``ceil(len(data.train) / batch_size)`` steps whatever the labels. The learning rate follows
     a cosine schedule over all steps. The final model is kept (no selection on any split).
 
+    ``temperature``, ``alpha`` and ``feature_weight`` each take a number or a schedule (a
+    callable of training progress ``p = step / total_steps``, see :mod:`kdbook.schedules`),
+    evaluated at every step; the history then records the mean value used in each epoch.
+    ``teacher`` may be a list of models: the student learns the (``teacher_weights``-weighted)
+    mean of their probabilities at T (:func:`kdbook.losses.ensemble_logits`).
+
+    Feature distillation: with ``feature_loss`` (an ``nn.Module`` called as
+    ``feature_loss(student_features, teacher_features)``, e.g.
+    :class:`kdbook.losses.HintLoss`), fit runs both models as
+    ``forward_head(forward_features(x))`` (the kdbook models' split), so the features come
+    with the logits, and adds ``feature_weight * feature_loss`` to the KD loss. The feature
+    loss's parameters (its adapter) train with the model's, in the same optimizer, and are
+    saved in the checkpoint. It needs exactly one teacher.
+
+    Every argument is checked before any work, and one forward pass in eval mode checks that
+    ``model`` (and ``teacher``) output ``data.num_classes`` scores.
+
+    With ``checkpoint``, the file is rewritten atomically after every epoch with the model,
+    optimizer, schedule, history and random states, and ``resume`` (default: True) continues
+    an unfinished run of the same settings from its next epoch, or returns a finished one
+    as it is, without training. A run that starts afresh over a checkpoint of other
+    settings says why (and overwrites it). Schedules count as the same setting when their
+    ``repr`` is the same (kdbook's schedules print the call that made them).
+
+    Determinism: on the CPU the same seed gives bit-identical metrics and weights,
+    interrupted and resumed or not (tested). On a GPU some cuDNN and atomic-add kernels are
+    not bit-reproducible: two runs of the same seed differ by float rounding that grows
+    over training, so compare GPU metrics with a tolerance, not for equality, or call
+    ``torch.use_deterministic_algorithms(True)`` (with ``CUBLAS_WORKSPACE_CONFIG=:4096:8``)
+    to make them identical at some cost in speed.
+
     Args:
         model: the network to train (modified in place).
         data: a :class:`kdbook.data.Dataset`.
-        teacher: a trained network, or None to train ``model`` alone.
+        teacher: a trained network, a list of them, or None to train ``model`` alone.
         num_epochs, lr, batch_size: the usual; ``optimizer`` is ``"sgd"`` or ``"adamw"``.
-        temperature, alpha: of the KD loss (ignored without a teacher).
+        temperature, alpha: of the KD loss (ignored without a teacher); numbers or schedules.
+        teacher_weights: one weight per teacher of a list (default: equal).
+        feature_loss: a feature distillation loss module, or None.
+        feature_weight: its weight in the loss, a number or a schedule.
+        max_grad_norm: clip the gradient's global norm to this before each step (source 2's
+            remedy for unstable steps), or None for no clipping.
         augment: apply the data set's training augmentation.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``...
         seed: seeds shuffling, augmentation and dropout.
-        checkpoint: where to save the trained model with metadata (atomically).
+        checkpoint: the file to save the model in, with metadata, after every epoch.
+        resume: continue from ``checkpoint`` when it holds a run of the same settings
+            (default True when ``checkpoint`` is given); False starts afresh and overwrites it.
         progress: show a tqdm bar over epochs.
 
     Returns:
         A :class:`History` with per-epoch train loss and accuracy, val loss and accuracy,
-        learning rate, seconds, and, with a teacher, the teacher-student KL at T.
+        learning rate, seconds; with a teacher, the teacher-student KL at T; with a schedule,
+        the mean scheduled value; with a feature loss, its mean (unweighted) and weight.
     """
-    check_params(
+    teachers = _as_teachers(teacher)
+    if max_grad_norm is not None and not (
+        isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0
+    ):
+        raise ValueError(f"max_grad_norm must be a number > 0 or None, got {max_grad_norm!r}")
+    _check_fit_inputs(
+        model,
+        data,
+        teachers,
+        optimizer,
         {
             "num_epochs": num_epochs,
             "lr": lr,
@@ -126,14 +351,22 @@ def fit(
             "alpha": alpha,
             "seed": seed,
             "device": device,
-        }
+        },
     )
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+    teacher_weights = _check_teacher_weights(teacher_weights, teachers)
+    _check_feature_args(feature_loss, feature_weight, teachers)
     dev = torch.device(resolve_device(device))
+    model.to(dev)
+    _check_outputs(model, data, dev, "model")
+    for t in teachers:
+        t.to(dev).eval()
+        _check_outputs(t, data, dev, "teacher")
+    if feature_loss is not None:
+        feature_loss.to(dev)
+        _check_features(model, teachers[0], feature_loss, data, dev)
     torch.manual_seed(seed)
     train = data.train
-    if teacher is None:
+    if not teachers:
         train = train.subset(train.labels != UNLABELED)
     # An epoch is as many steps as one pass over the whole training set, labelled or not,
     # so that a student that sees only the labelled few gets as many updates as the rest.
@@ -147,44 +380,96 @@ def fit(
         seed=seed,
         num_batches=math.ceil(len(data.train) / batch_size),
     )
-    model.to(dev)
-    if teacher is not None:
-        teacher.to(dev).eval()
-    opt = _make_optimizer(model, optimizer, lr, weight_decay, momentum)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=num_epochs * len(loader))
+    params = list(model.parameters())
+    if feature_loss is not None:
+        params += list(feature_loss.parameters())
+    opt = _make_optimizer(params, optimizer, lr, weight_decay, momentum)
+    total_steps = num_epochs * len(loader)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    names = [getattr(t, "kdbook_name", None) for t in teachers]
     history = History(
         settings={
             "model": getattr(model, "kdbook_name", type(model).__name__),
-            "teacher": getattr(teacher, "kdbook_name", None) if teacher is not None else None,
+            "teacher": (names[0] if len(names) == 1 else names) if teachers else None,
             "dataset": data.name,
             "num_epochs": num_epochs,
             "lr": lr,
             "batch_size": batch_size,
             "optimizer": optimizer,
-            "temperature": temperature if teacher is not None else None,
-            "alpha": alpha if teacher is not None else None,
+            "temperature": _setting(temperature) if teachers else None,
+            "alpha": _setting(alpha) if teachers else None,
             "seed": seed,
             "train_samples": len(train),
+            "teacher_weights": teacher_weights,
+            "feature_loss": _setting(feature_loss),
+            "feature_weight": _setting(feature_weight) if feature_loss is not None else None,
+            "max_grad_norm": max_grad_norm,
         }
     )
-    epochs = tqdm(range(1, num_epochs + 1), desc=desc or "train", disable=not progress)
+    fingerprint = _fingerprint(data, teachers)
+    run = _Run(checkpoint, model, data, history, opt, sched, loader, dev, fingerprint, feature_loss)
+    done = run.restore() if checkpoint is not None and resume is not False else 0
+    if done == num_epochs:
+        model.eval()
+        return history
+    epochs = tqdm(
+        range(done + 1, num_epochs + 1),
+        desc=desc or "train",
+        disable=not progress,
+        total=num_epochs,
+        initial=done,
+    )
+    scheduled = {
+        name: value
+        for name, value in (("temperature", temperature), ("alpha", alpha))
+        if teachers and callable(value)
+    }
+    if feature_loss is not None:
+        scheduled["feature_weight"] = feature_weight
     for epoch in epochs:
         start = time.perf_counter()
         model.train()
-        loss_sum, kl_sum, correct, seen, seen_labelled = 0.0, 0.0, 0, 0, 0
+        if feature_loss is not None:
+            feature_loss.train()
+        step = (epoch - 1) * len(loader)
+        loss_sum, kl_sum, feature_sum, correct, seen, seen_labelled = 0.0, 0.0, 0.0, 0, 0, 0
+        used = dict.fromkeys(scheduled, 0.0)
         for x, y, _ in loader:
-            logits = model(x)
-            if teacher is None:
+            progress_now = step / total_steps
+            t_now = value_at(temperature, progress_now)
+            if feature_loss is None:
+                logits = model(x)
+            else:
+                features = model.forward_features(x)
+                logits = model.forward_head(features)
+            if not teachers:
                 loss = F.cross_entropy(logits, y)
             else:
                 with torch.no_grad():
-                    teacher_logits = teacher(x)
-                loss = kd_loss(logits, teacher_logits, y, temperature, alpha)
-                kl_sum += _kl(logits.detach(), teacher_logits, temperature) * len(y)
+                    if feature_loss is not None:
+                        teacher_features = teachers[0].forward_features(x)
+                        teacher_logits = teachers[0].forward_head(teacher_features)
+                    elif len(teachers) == 1:
+                        teacher_logits = teachers[0](x)
+                    else:
+                        outputs = [t(x) for t in teachers]
+                        teacher_logits = ensemble_logits(outputs, t_now, teacher_weights)
+                loss = kd_loss(logits, teacher_logits, y, t_now, value_at(alpha, progress_now))
+                kl_sum += _kl(logits.detach(), teacher_logits, t_now) * len(y)
+            if feature_loss is not None:
+                hint = feature_loss(features, teacher_features)
+                loss = loss + value_at(feature_weight, progress_now) * hint
+                feature_sum += hint.item() * len(y)
+            for name, value in scheduled.items():
+                used[name] += value_at(value, progress_now)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if max_grad_norm is not None:
+                params = [p for group in opt.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             opt.step()
             sched.step()
+            step += 1
             labelled = y != UNLABELED
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1)[labelled] == y[labelled]).sum().item()
@@ -200,14 +485,116 @@ def fit(
             "val_acc": val_acc,
             "seconds": time.perf_counter() - start,
         }
-        if teacher is not None:
+        if teachers:
             record["kl"] = kl_sum / seen
+        if feature_loss is not None:
+            record["feature_loss"] = feature_sum / seen
+        record |= {name: total / len(loader) for name, total in used.items()}
         history.epochs.append(record)
         epochs.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{val_acc:.1f}")
+        if checkpoint is not None:
+            run.save(finished=epoch == num_epochs)
     model.eval()
-    if checkpoint is not None:
-        save_checkpoint(checkpoint, model, data, history)
+    if feature_loss is not None:
+        feature_loss.eval()
     return history
+
+
+@dataclass
+class _Run:
+    """A :func:`fit` call's checkpoint: saving its state after an epoch, restoring it."""
+
+    path: str | Path | None
+    model: nn.Module
+    data: Dataset
+    history: History
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    loader: Loader
+    device: torch.device
+    fingerprint: dict[str, str | None]
+    feature_loss: nn.Module | None = None  # its parameters (an adapter) are saved with the run
+
+    def save(self, finished: bool) -> None:
+        run: dict[str, Any] = {
+            "epoch": len(self.history.epochs),
+            "finished": finished,
+            "history": [dict(e) for e in self.history.epochs],
+            "fingerprint": self.fingerprint,
+        }
+        if self.feature_loss is not None:
+            run["feature_loss"] = {
+                k: v.detach().cpu() for k, v in self.feature_loss.state_dict().items()
+            }
+        if not finished:  # what continuing needs; a finished run keeps only its result
+            rng = {"torch": torch.get_rng_state(), "loader": self.loader.generator.get_state()}
+            if self.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            run["optimizer"] = self.opt.state_dict()
+            run["scheduler"] = self.sched.state_dict()
+            run["rng"] = rng
+        _save(self.path, self.model, self.data, self.history, run)
+
+    def restore(self) -> int:
+        """Load a matching run from the checkpoint; return its epochs done (0: start afresh)."""
+        path = Path(self.path)
+        if not path.exists():
+            return 0
+        try:
+            blob = _read_checkpoint(path)
+            run = blob.get("run")
+            if not isinstance(run, dict):
+                raise ValueError("it holds no training run (saved by save_checkpoint)")
+            mismatch = _mismatch(blob["meta"].get("settings", {}), self.history.settings)
+            if mismatch:
+                raise ValueError(f"its settings differ: {mismatch}")
+            if run.get("fingerprint") != self.fingerprint:
+                raise ValueError("its training labels or teacher weights differ")
+            _check_fits(blob["state_dict"], self.model)
+            if self.feature_loss is not None:
+                _check_fits(run["feature_loss"], self.feature_loss)
+            if not run["finished"]:  # load nothing until every check has passed
+                self.opt.load_state_dict(run["optimizer"])
+                self.sched.load_state_dict(run["scheduler"])
+            self.model.load_state_dict(blob["state_dict"])
+            if self.feature_loss is not None:
+                self.feature_loss.load_state_dict(run["feature_loss"])
+        except (ValueError, RuntimeError, KeyError) as e:
+            print(f"checkpoint {path}: not resuming ({e}); training from epoch 1")
+            return 0
+        self.history.epochs[:] = run["history"]
+        done = run["epoch"]
+        if run["finished"]:
+            print(f"checkpoint {path}: this run already finished ({done} epochs); not training")
+            return done
+        torch.set_rng_state(run["rng"]["torch"])
+        self.loader.generator.set_state(run["rng"]["loader"])
+        if self.device.type == "cuda" and "cuda" in run["rng"]:
+            torch.cuda.set_rng_state(run["rng"]["cuda"], self.device)
+        total = self.history.settings["num_epochs"]
+        print(f"checkpoint {path}: resuming after epoch {done} of {total}")
+        return done
+
+
+def _mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """The resume settings that differ, as ``name=saved (this run: wanted)``, or ''."""
+    return ", ".join(
+        f"{k}={saved.get(k)!r} (this run: {wanted.get(k)!r})"
+        for k in RESUME_SETTINGS
+        if saved.get(k) != wanted.get(k)
+    )
+
+
+def _check_fits(state_dict: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Raise ValueError unless ``state_dict`` has exactly ``model``'s tensor names and shapes."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if own != saved:
+        diff = sorted(k for k in own.keys() | saved.keys() if own.get(k) != saved.get(k))
+        raise ValueError(
+            f"its weights do not fit this model ({len(diff)} tensors differ, first "
+            f"{diff[0]}: saved {saved.get(diff[0])}, model {own.get(diff[0])})"
+        )
 
 
 def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> float:
@@ -220,13 +607,7 @@ def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     ).item()
 
 
-def save_checkpoint(
-    path: str | Path, model: nn.Module, data: Dataset, history: History | None = None
-) -> Path:
-    """Save ``model``'s state_dict with the metadata needed to rebuild and check it.
-
-    The file loads with ``torch.load(path, weights_only=True)``.
-    """
+def _meta(model: nn.Module, data: Dataset, history: History | None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "model": getattr(model, "kdbook_name", type(model).__name__),
         "num_classes": data.num_classes,
@@ -237,24 +618,43 @@ def save_checkpoint(
     }
     if history is not None:
         meta["settings"] = history.settings
-        meta["metrics"] = history.final
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_write(path, lambda f: torch.save({"state_dict": state, "meta": meta}, f))
+        if history.epochs:
+            meta["metrics"] = history.final
+    return meta
 
 
-def load_checkpoint(
-    path: str | Path, data: Dataset | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from a kdbook checkpoint (``weights_only=True``) and return it with meta.
+def _save(
+    path: str | Path,
+    model: nn.Module,
+    data: Dataset,
+    history: History | None,
+    run: dict[str, Any] | None,
+) -> Path:
+    blob: dict[str, Any] = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": _meta(model, data, history),
+    }
+    if run is not None:
+        blob["run"] = run
+    return atomic_write(path, lambda f: torch.save(blob, f))
 
-    When ``data`` is given, the checkpoint must have been trained on the same data set
-    and classes, or a ValueError names the file and the mismatch.
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, data: Dataset, history: History | None = None
+) -> Path:
+    """Save ``model``'s state_dict with the metadata needed to rebuild and check it.
+
+    The file loads with ``torch.load(path, weights_only=True)`` and is written atomically.
+    (:func:`fit` with ``checkpoint=`` writes the same file plus the run needed to resume.)
     """
-    from kdbook.models import build_model
+    return _save(path, model, data, history, None)
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+
+CHECKPOINT_META = ("model", "num_classes", "in_channels", "image_size", "dataset", "classes")
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's dict, loaded with ``weights_only=True``; ValueError naming the file."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged file
@@ -262,21 +662,74 @@ def load_checkpoint(
     if not isinstance(blob, dict) or not {"state_dict", "meta"} <= blob.keys():
         raise ValueError(f"checkpoint {path} is not a kdbook checkpoint (no state_dict/meta)")
     meta = blob["meta"]
+    missing = [k for k in CHECKPOINT_META if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"checkpoint {path} is not a kdbook checkpoint (meta lacks {missing})")
+    return blob
+
+
+def load_checkpoint(
+    path: str | Path, data: Dataset | None = None, *, expect_model: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a kdbook checkpoint (``weights_only=True``) and return it with meta.
+
+    Args:
+        path: a file written by :func:`save_checkpoint` or :func:`fit`.
+        data: when given, the checkpoint must have been trained on this data set, with its
+            number of classes and class names.
+        expect_model: when given, the registered model name the checkpoint must hold.
+
+    Returns:
+        The model in eval mode on the CPU, and the checkpoint's metadata.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: a damaged file, not a checkpoint, or a mismatch; the message names the
+            file and the mismatch.
+    """
+    from kdbook.models import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    blob = _read_checkpoint(path)
+    meta = blob["meta"]
+    if expect_model is not None and meta["model"] != expect_model:
+        raise ValueError(
+            f"checkpoint {path} holds model {meta['model']!r}, expected {expect_model!r}"
+        )
     if data is not None:
-        for key, want in (("dataset", data.name), ("classes", list(data.classes))):
+        for key, want in (
+            ("dataset", data.name),
+            ("num_classes", data.num_classes),
+            ("classes", list(data.classes)),
+        ):
             if meta.get(key) != want:
                 raise ValueError(
                     f"checkpoint {path} was trained with {key}={meta.get(key)!r}, "
                     f"this data set has {want!r}"
                 )
-    model = build_model(
-        meta["model"],
-        meta["num_classes"],
-        in_channels=meta["in_channels"],
-        image_size=meta["image_size"],
-    )
+    try:
+        model = build_model(
+            meta["model"],
+            meta["num_classes"],
+            in_channels=meta["in_channels"],
+            image_size=meta["image_size"],
+        )
+        _check_fits(blob["state_dict"], model)
+    except ValueError as e:
+        raise ValueError(f"checkpoint {path} does not rebuild: {e}") from None
     model.load_state_dict(blob["state_dict"])
     return model.eval(), meta
+
+
+def _is_unfinished(path: Path) -> bool:
+    """Whether ``path`` holds a :func:`fit` run stopped before its last epoch."""
+    try:
+        run = _read_checkpoint(path).get("run")
+    except ValueError:
+        return False
+    return isinstance(run, dict) and not run.get("finished", True)
 
 
 def teacher_from_run(cfg, data: Dataset, *, progress: bool = True) -> tuple[nn.Module, dict]:
@@ -284,7 +737,8 @@ def teacher_from_run(cfg, data: Dataset, *, progress: bool = True) -> tuple[nn.M
 
     A notebook opened on its own calls this and gets the teacher 02_teacher would have
     left, with a message saying which happened. A checkpoint of another architecture or
-    data set is not reused: it is retrained (and the message says why).
+    data set is not reused: it is retrained (and the message says why). An unfinished
+    checkpoint (a training that was interrupted) is continued from its last epoch.
 
     Args:
         cfg: a :class:`kdbook.config.Config`.
@@ -296,7 +750,10 @@ def teacher_from_run(cfg, data: Dataset, *, progress: bool = True) -> tuple[nn.M
     from kdbook.models import build_model
 
     path = Path(cfg.run_dir) / "teacher.pt"
-    if path.is_file():
+    unfinished = _is_unfinished(path) if path.is_file() else False
+    if unfinished:
+        print(f"teacher: {path} holds an unfinished run of {cfg.teacher}; continuing it")
+    elif path.is_file():
         try:
             teacher, meta = load_checkpoint(path, data)
             if meta["model"] == cfg.teacher:
@@ -306,7 +763,8 @@ def teacher_from_run(cfg, data: Dataset, *, progress: bool = True) -> tuple[nn.M
         except ValueError as e:
             reason = str(e)
         print(f"teacher: not reusing {path}: {reason}")
-    print(f"teacher: training {cfg.teacher} ({cfg.num_epochs} epochs), saving to {path}")
+    if not unfinished:
+        print(f"teacher: training {cfg.teacher} ({cfg.num_epochs} epochs), saving to {path}")
     torch.manual_seed(cfg.seed)
     teacher = build_model(
         cfg.teacher, data.num_classes, in_channels=data.in_channels, image_size=data.image_size
@@ -320,7 +778,123 @@ def teacher_from_run(cfg, data: Dataset, *, progress: bool = True) -> tuple[nn.M
         device=cfg.device,
         seed=cfg.seed,
         checkpoint=path,
+        resume=unfinished,
         progress=progress,
         desc=f"teacher {cfg.teacher}",
     )
     return teacher, load_checkpoint(path, data)[1]
+
+
+# ----------------------------------------------------------------------------------------
+# Variants of distillation, each a few calls of fit (SOURCES.md sources 2 and 3). The
+# multi-teacher variant needs no function: fit(teacher=[t1, t2], teacher_weights=...).
+
+
+def born_again(
+    student: str,
+    data: Dataset,
+    *,
+    generations: int = 3,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    **fit_kwargs: Any,
+) -> list[tuple[nn.Module, History]]:
+    """Self-distillation (born-again networks, Furlanello et al. 2018, arXiv:1805.04770).
+
+    Generation 1 is ``student`` trained alone; generation k is the same architecture
+    distilled from generation k - 1 (``fit(teacher=previous)``). Every generation starts
+    from the same initial weights (the model built after ``torch.manual_seed(seed)``), so
+    that what differs between them is only what they were taught.
+
+    Args:
+        student: a registered model name.
+        data: the data set.
+        generations: how many models to train (>= 1).
+        seed: seeds the initial weights and every fit.
+        checkpoint_dir: when given, generation k is checkpointed in ``gen{k}.pt`` there (and
+            resumed by a rerun).
+        **fit_kwargs: passed to every :func:`fit` (num_epochs, lr, temperature, alpha...).
+
+    Returns:
+        ``[(model, history), ...]``, one pair per generation, models in eval mode.
+    """
+    from kdbook.models import build_model
+
+    if not (isinstance(generations, int) and generations >= 1):
+        raise ValueError(f"generations must be an integer >= 1, got {generations!r}")
+    if "teacher" in fit_kwargs:
+        raise ValueError("born_again trains its own teachers: pass no teacher")
+    results: list[tuple[nn.Module, History]] = []
+    for k in range(1, generations + 1):
+        torch.manual_seed(seed)
+        model = build_model(
+            student, data.num_classes, in_channels=data.in_channels, image_size=data.image_size
+        )
+        history = fit(
+            model,
+            data,
+            teacher=results[-1][0] if results else None,
+            seed=seed,
+            checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / f"gen{k}.pt",
+            progress=progress,
+            desc=f"generation {k}",
+            **fit_kwargs,
+        )
+        results.append((model, history))
+    return results
+
+
+def mutual_learning(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Dataset,
+    *,
+    num_epochs: int = 10,
+    lr: float = 0.05,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    seed: int = 0,
+    progress: bool = True,
+    **fit_kwargs: Any,
+) -> tuple[History, History]:
+    """Deep mutual learning (Zhang et al. 2018, arXiv:1706.00384): two students teach each other.
+
+    Each epoch: ``model_a`` trains one epoch distilled from ``model_b`` (frozen for that
+    epoch), then ``model_b`` one epoch from the updated ``model_a``. Each loss is
+    :func:`kdbook.losses.kd_loss`: ``alpha * T^2 * KL(other || self) + (1 - alpha) * CE``;
+    the paper's ``CE + KL`` at T = 1 is alpha = 0.5 with the learning rate doubled.
+
+    An approximation, stated plainly: the paper updates both networks at every step, each
+    from the other's current predictions. Here ``fit`` is the one loop, so they take turns
+    by epoch, and each epoch is its own ``fit`` call: its optimizer state (momentum) starts
+    afresh and its cosine learning rate runs from that epoch's peak to 0 (warm restarts
+    whose peaks follow a cosine from ``lr`` over ``num_epochs``). The shuffling seed is
+    ``seed + epoch``.
+
+    Returns:
+        The two histories, one record per epoch each (epochs numbered 1..num_epochs).
+    """
+    check_params({"num_epochs": num_epochs, "lr": lr, "seed": seed})
+    histories = (History(settings={"mode": "mutual"}), History(settings={"mode": "mutual"}))
+    for epoch in tqdm(range(1, num_epochs + 1), desc="mutual", disable=not progress):
+        peak = lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / num_epochs))
+        for model, peer, history in (
+            (model_a, model_b, histories[0]),
+            (model_b, model_a, histories[1]),
+        ):
+            turn = fit(
+                model,
+                data,
+                teacher=peer,
+                num_epochs=1,
+                lr=peak,
+                temperature=temperature,
+                alpha=alpha,
+                seed=seed + epoch,
+                progress=False,
+                **fit_kwargs,
+            )
+            history.settings |= turn.settings | {"lr": lr, "num_epochs": num_epochs, "seed": seed}
+            history.epochs.append({**turn.final, "epoch": epoch})
+    return histories

@@ -229,6 +229,37 @@ def test_failure_reports_one_line_and_keeps_partial_notebook(
     assert "**failed**" in (out / "summary.md").read_text()
 
 
+def test_rerun_into_the_same_folder_resumes_where_it_failed(
+    make_notebook, notebook_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_notebook("01_train", PARAMS, REPORT)
+    make_notebook("02_fail", 'run_dir = "unset"', 'raise ValueError("not yet")')
+    make_notebook("03_after", 'run_dir = "unset"', "z = 3")
+    out = tmp_path / "run"
+    with pytest.raises(BookError):
+        run_book(out=out, notebook_dir=notebook_dir)
+    first_train = (out / "01_train.ipynb").stat().st_mtime_ns
+    capsys.readouterr()
+
+    make_notebook("02_fail", 'run_dir = "unset"', "fixed = True")  # the user fixes the cause
+    run_book(out=out, notebook_dir=notebook_dir)
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[1/3] 01_train ... finished earlier, skipped"
+    assert lines[1].startswith("[2/3] 02_fail ... ok (")
+    assert lines[2].startswith("[3/3] 03_after ... ok (")
+    assert (out / "01_train.ipynb").stat().st_mtime_ns == first_train
+    results = read_json(out / "results.json")
+    assert results["status"] == "ok"
+    assert results["notebooks"]["01_train"]["skipped"] is True
+
+    # other parameters, or --rerun, run everything again
+    run_book(out=out, params={"temperature": 3.0}, notebook_dir=notebook_dir)
+    assert capsys.readouterr().out.splitlines()[0].startswith("[1/3] 01_train ... ok (")
+    run_book(out=out, params={"temperature": 3.0}, notebook_dir=notebook_dir, rerun=True)
+    assert capsys.readouterr().out.splitlines()[0].startswith("[1/3] 01_train ... ok (")
+
+
 def test_widget_callback_error_fails_the_run(
     make_notebook, notebook_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -107,7 +107,12 @@ def test_book_runs_and_reports(
     assert main(["book", "--only", "01", "-p", "temperature", "2", "--out", "runs/t2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("[1/1] 01_first ... ok (")
-    assert out[1:] == ["run folder: runs/t2", f"summary:    {Path('runs/t2/summary.md')}"]
+    assert out[1:] == [
+        "run folder: runs/t2",
+        f"summary:    {Path('runs/t2/summary.md')}",
+        f"html book:  {Path('runs/t2/html/index.html')}",
+    ]
+    assert Path("runs/t2/html/index.html").is_file()
     config = kdbook.io.read_json(tmp_path / "runs/t2/results.json")["config"]
     assert config == {"temperature": 2, "seed": 0}
 

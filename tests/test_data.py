@@ -374,12 +374,13 @@ def test_cifar10_missing_folder(tmp_path):
         check_available("cifar10", tmp_path)
 
 
-def test_cifar10_corrupted_file_is_refused_by_torchvision_md5(mini_cifar):
+def test_cifar10_corrupted_file_is_named_by_its_md5(mini_cifar):
     root = mini_cifar[0]
     path = root / CIFAR10_FOLDER / "test_batch"
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(RuntimeError, match="corrupted"):
+    with pytest.raises(ValueError, match="corrupted") as info:
         load_dataset("cifar10", root=root)
+    assert f"file {path} is corrupted" in str(info.value)
 
 
 # -- ImageFolder ----------------------------------------------------------------------------

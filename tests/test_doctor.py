@@ -9,8 +9,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from kdbook.doctor import Diagnosis, check_ece, check_kd_loss, check_mean_ci
+from kdbook.doctor import (
+    FAIL,
+    Diagnosis,
+    EnvCheck,
+    check_ece,
+    check_eval_mode,
+    check_kd_loss,
+    check_mean_ci,
+    check_no_grad,
+    check_teacher_frozen,
+    environment_report,
+    format_report,
+    saved_bytes,
+)
 from kdbook.losses import kd_loss
 
 
@@ -229,3 +243,109 @@ def test_ece_right_answer_passes():
 def test_ece_mistakes_named(fn, words):
     diagnosis = check_ece(fn)
     assert not diagnosis.ok and words in str(diagnosis), str(diagnosis)
+
+
+# ---------------------------------------------------------------- the teacher
+
+
+def small_teacher() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+        nn.Linear(4 * 6 * 6, 3),
+    )  # fmt: skip
+
+
+def test_frozen_teacher_passes():
+    diagnosis = check_teacher_frozen(small_teacher().requires_grad_(False))
+    assert diagnosis.ok and "all 6 parameter tensors" in str(diagnosis), str(diagnosis)
+
+
+def test_unfrozen_teacher_counted():
+    diagnosis = check_teacher_frozen(small_teacher())
+    assert not diagnosis.ok
+    weights = 1 * 4 * 9 + 4 + 4 + 4 + 4 * 36 * 3 + 3
+    assert f"6 of 6 parameter tensors ({weights:,} weights)" in str(diagnosis), str(diagnosis)
+
+
+def test_source4_attribute_mistake_named():
+    teacher = small_teacher()
+    for params in teacher.parameters():
+        params.requires_grad_ = False  # source 4's line: an attribute, not the method
+    assert all(p.requires_grad for p in teacher.parameters())  # nothing froze
+    diagnosis = check_teacher_frozen(teacher)
+    text = str(diagnosis)
+    assert len(diagnosis.problems) == 2
+    assert "attribute named requires_grad_" in text and "6 of 6" in text, text
+
+
+def test_partly_frozen_names_the_rest():
+    teacher = small_teacher()
+    teacher[0].requires_grad_(False)
+    assert "4 of 6 parameter tensors" in str(check_teacher_frozen(teacher))
+
+
+def test_train_mode_teacher_names_batchnorm_and_dropout():
+    diagnosis = check_eval_mode(small_teacher())
+    text = str(diagnosis)
+    assert not diagnosis.ok
+    assert "1 BatchNorm layers are in train mode (1)" in text, text
+    assert "1 Dropout layers are in train mode (4)" in text, text
+
+
+def test_eval_mode_passes_and_harmless_train_mode_is_ok():
+    assert check_eval_mode(small_teacher().eval()).ok
+    harmless = check_eval_mode(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    assert harmless.ok and "none of them BatchNorm or Dropout" in str(harmless)
+
+
+def test_no_grad_detector():
+    teacher, x = small_teacher().eval(), torch.randn(2, 1, 8, 8)
+    with_graph = check_no_grad(lambda: teacher(x).detach())  # source 3's pattern
+    assert not with_graph.ok and "torch.no_grad()" in str(with_graph)
+    assert "output requires grad" in str(check_no_grad(lambda: teacher(x)))
+
+    def right():
+        with torch.no_grad():
+            return teacher(x)
+
+    assert check_no_grad(right).ok
+
+
+def test_saved_bytes_counts_activations_not_parameters():
+    layer = nn.Linear(100, 10)
+    x = torch.randn(8, 100)
+    # Linear saves its input (8 x 100 floats) for the weight's gradient; the weight is a
+    # parameter and is left out.
+    assert saved_bytes(lambda: layer(x)) == 8 * 100 * 4
+    with torch.no_grad():
+        assert saved_bytes(lambda: layer(x)) == 0
+
+
+# ---------------------------------------------------------------- the environment
+
+
+def test_environment_report_here():
+    rows = {r.name: r for r in environment_report()}
+    for name in ("python", "torch", "papermill", "nbval", "ipywidgets", "jupyterlab"):
+        assert rows[name].status == "ok", rows[name]
+    assert rows["kernel python3"].status == "ok", rows["kernel python3"]
+    assert rows["data digits"].found.startswith("1797 images")
+    assert "device" in rows and rows["data cifar10"].status in ("ok", "info")
+
+
+def test_environment_report_finds_imagefolder_trees(tmp_path):
+    for split in ("train", "val", "test"):
+        (tmp_path / "data" / "xray" / split / "normal").mkdir(parents=True)
+    (tmp_path / "data" / "other").mkdir()
+    rows = {r.name: r for r in environment_report(str(tmp_path / "data"))}
+    assert rows["data imagefolder"].found == "imagefolder:data/xray"
+    assert rows["data cifar10"].status == "info" and "cifar-10" in rows["data cifar10"].action
+
+
+def test_format_report_aligns_columns():
+    text = format_report([EnvCheck("a", "ok", "1.0"), EnvCheck("longer", FAIL, "x", "fix it")])
+    lines = text.splitlines()
+    assert lines[0].startswith("check ") and lines[1].startswith("------")
+    assert lines[3].split() == ["longer", "FAIL", "x", "fix", "it"]
+    assert lines[2].index("ok") == lines[3].index("FAIL")

@@ -51,3 +51,16 @@ def test_keyboard_interrupt_also_cleans_up(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, interrupted)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path) -> None:
+    import os
+
+    from kdbook.io import write_text
+
+    mask = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644

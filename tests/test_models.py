@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import kdbook.models as models
-from kdbook.models import build_model, count_params, flops, list_models
+from kdbook.models import build_model, count_params, feature_shape, flops, list_models
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -47,7 +47,8 @@ def test_every_model_runs_and_splits_features_and_head(name, in_channels, image_
         split = model.forward_head(features)
     assert out.shape == (2, num_classes)
     assert torch.isfinite(out).all()
-    assert features.dim() == 4 and features.shape[0] == 2  # a feature map for feature KD
+    # A CNN's feature map (N, C, H, W), or a ViT's tokens (N, 1 + h*w, D), for feature KD.
+    assert features.dim() in (3, 4) and features.shape[0] == 2
     torch.testing.assert_close(split, out)
 
 
@@ -155,3 +156,36 @@ def test_flops_restores_training_mode():
     model.eval()
     flops(model, (1, 1, 8, 8))
     assert not model.training
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "image_size", "grid", "patch"),
+    [(1, 8, 2, 4), (1, 28, 4, 7), (3, 32, 8, 4)],
+)
+def test_vit_tiny_tokens_grid_and_channels(in_channels, image_size, grid, patch):
+    model = build_model("vit_tiny", 10, in_channels=in_channels, image_size=image_size)
+    proj = model.vit.conv_proj
+    assert (proj.in_channels, proj.kernel_size, proj.stride) == (
+        in_channels,
+        (patch,) * 2,
+        (patch,) * 2,
+    )
+    assert feature_shape(model, in_channels, image_size) == (1 + grid * grid, 64)
+    assert len(model.vit.encoder.layers) == 2 and model.vit.hidden_dim == 64
+
+
+def test_vit_tiny_head_reads_the_class_token():
+    torch.manual_seed(0)
+    model = build_model("vit_tiny", 3, in_channels=1, image_size=8).eval()
+    tokens = model.forward_features(torch.randn(2, 1, 8, 8))
+    changed = tokens.clone()
+    changed[:, 1:] += 1.0  # the patch tokens do not reach the head
+    torch.testing.assert_close(model.forward_head(changed), model.forward_head(tokens))
+    with pytest.raises(ValueError, match="patch_size must be an integer >= 1 that divides"):
+        build_model("vit_tiny", 3, in_channels=1, image_size=8, patch_size=3)
+
+
+def test_feature_shape_of_a_cnn():
+    model = build_model("simple_resnet", 10, in_channels=1, image_size=8)
+    assert feature_shape(model, 1, 8) == (128, 2, 2)
+    assert model.training  # restored

@@ -201,3 +201,36 @@ def test_teacher_from_run_retrains_another_architecture(digits, tmp_path, capsys
     assert "not reusing" in out and "it holds tiny_cnn" in out and "training mnist_student" in out
     assert meta["model"] == "mnist_student"
     assert load_checkpoint(run / "teacher.pt")[1]["model"] == "mnist_student"  # replaced
+
+
+def test_max_grad_norm_clips_each_step(digits, monkeypatch) -> None:
+    """With max_grad_norm, the gradient the optimizer sees never exceeds it."""
+    import torch
+
+    from kdbook.models import build_model
+    from kdbook.train import fit
+
+    seen = []
+    real_step = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", 10, in_channels=1, image_size=8)
+    fit(model, digits, num_epochs=1, lr=0.05, max_grad_norm=0.01, progress=False)
+    assert seen and max(seen) <= 0.01 + 1e-6
+
+
+def test_max_grad_norm_must_be_positive(digits) -> None:
+    import pytest
+
+    from kdbook.models import build_model
+    from kdbook.train import fit
+
+    model = build_model("tiny_cnn", 10, in_channels=1, image_size=8)
+    with pytest.raises(ValueError, match=r"max_grad_norm must be a number > 0 or None, got -1"):
+        fit(model, digits, num_epochs=1, max_grad_norm=-1, progress=False)

@@ -1,0 +1,144 @@
+"""kdbook bench: the three paths run end to end (smoke mode) and measure what they claim.
+
+No wall-clock assertion: the machine running the tests may be busy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torchvision import transforms
+
+from kdbook.bench import (
+    CACHED,
+    KDBOOK,
+    SEED_STYLE,
+    PILDataset,
+    run_bench,
+    synthetic_cifar10,
+    teacher_logit_cache,
+)
+from kdbook.cli import main
+from kdbook.data import Loader
+from kdbook.losses import kd_loss
+from kdbook.models import build_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def smoke(digits):
+    """One smoke bench on digits, with the data set's augmentation (as the sources train)."""
+    return run_bench("classroom", smoke=True, data=digits)
+
+
+def test_smoke_bench_is_well_formed(smoke) -> None:
+    assert [p.name for p in smoke.paths] == [SEED_STYLE, KDBOOK, CACHED]
+    for p in smoke.paths:
+        assert p.images == 3 * 128 and p.seconds > 0 and p.images_per_s > 0
+        assert p.rounds == [pytest.approx(p.images / p.seconds)]
+        assert p.ratio == pytest.approx(p.images_per_s / smoke.path(SEED_STYLE).images_per_s)
+        assert len(p.losses) == 3 and all(math.isfinite(v) for v in p.losses)
+        assert p.peak_host_mb is not None and p.peak_host_mb >= 0
+        assert p.peak_device_mb is None  # a CPU run
+    assert smoke.path(SEED_STYLE).ratio == 1.0
+    s = smoke.settings
+    assert (s["preset"], s["dataset"], s["synthetic"], s["device"]) == (
+        "classroom",
+        "digits",
+        False,
+        "cpu",
+    )
+    assert (s["steps"], s["warmup"], s["repeats"]) == (3, 1, 1)
+    assert (s["batch_size"], s["num_workers"]) == (128, 2)
+    assert s["teacher"] == "digits_teacher" and s["student"] == "tiny_cnn"
+    assert s["threads"] == 1  # the single_thread fixture's setting, reported
+    json.dumps(smoke.to_dict())  # JSON-ready
+    assert "losses" not in smoke.to_dict()["paths"][0]
+
+
+def test_cache_is_flagged_invalid_with_augmentation(smoke) -> None:
+    assert smoke.settings["augment"] is True and smoke.settings["cache_valid"] is False
+    assert smoke.path(SEED_STYLE).valid and smoke.path(KDBOOK).valid
+    assert not smoke.path(CACHED).valid
+    assert "NOT the same recipe" in smoke.path(CACHED).note
+    table = smoke.table()
+    assert (
+        "kdbook + cached logits" in table
+        and " NO" in table
+        and "same recipe" in table
+        and "SYNTHETIC" not in table
+    )
+
+
+def test_without_augmentation_the_cache_is_valid_and_gives_the_same_losses(digits) -> None:
+    result = run_bench("classroom", smoke=True, augment=False, data=digits)
+    assert result.settings["cache_valid"] is True
+    assert all(p.valid for p in result.paths)
+    # The same batches and initial weights: looking the teacher's logits up is the same
+    # training as computing them each step.
+    computed, cached = result.path(KDBOOK).losses, result.path(CACHED).losses
+    assert cached == pytest.approx(computed, rel=1e-5, abs=1e-6)
+
+
+def test_cached_logits_equal_the_teachers_without_augmentation_only(digits) -> None:
+    torch.manual_seed(0)
+    teacher = build_model("digits_teacher", 10, in_channels=1, image_size=8).eval()
+    student = build_model("tiny_cnn", 10, in_channels=1, image_size=8)
+    cache = teacher_logit_cache(teacher, digits, "cpu")
+    assert cache.shape == (len(digits.train), 10)
+    with torch.no_grad():
+        for x, y, idx in Loader(digits, digits.train, 128, shuffle=True, seed=1):
+            fresh = kd_loss(student(x), teacher(x), y)
+            looked_up = kd_loss(student(x), cache[idx], y)
+            assert looked_up.item() == pytest.approx(fresh.item(), rel=1e-5)
+        x, _, idx = next(iter(Loader(digits, digits.train, 128, shuffle=True, augment=True)))
+        stale = (teacher(x) - cache[idx]).abs().max().item()
+    assert stale > 1e-3  # augmented images: the cached logits are not the teacher's
+
+
+@pytest.mark.parametrize("dataset", ["digits", "synthetic"])
+def test_seed_style_samples_match_kdbooks_normalisation(digits, dataset: str) -> None:
+    data = digits if dataset == "digits" else synthetic_cifar10(16)
+    plain = transforms.Compose([transforms.ToTensor(), transforms.Normalize(data.mean, data.std)])
+    samples = PILDataset(data.train, plain)
+    for i in (0, 5):
+        image, label = samples[i]
+        expected = data.normalize(data.train.images[i : i + 1])[0]
+        torch.testing.assert_close(image, expected, rtol=0, atol=1e-6)
+        assert label == data.train.labels[i].item()
+
+
+def test_synthetic_cifar10_is_cifar_shaped() -> None:
+    data = synthetic_cifar10(64)
+    assert data.name == "synthetic-cifar10"
+    assert data.train.images.shape == (64, 3, 32, 32) and data.train.images.dtype == torch.uint8
+    assert data.num_classes == 10 and data.augment.pad == 4 and data.augment.flip
+
+
+def test_cli_bench_smoke_writes_json(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--smoke", "--threads", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "images/s" in text and "smoke mode" in text
+    saved = json.loads(out.read_text())
+    assert [p["name"] for p in saved["paths"]] == [SEED_STYLE, KDBOOK, CACHED]
+    assert all(p["images_per_s"] > 0 for p in saved["paths"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "--synthetic"], "synthetic data is for the cifar10 preset only"),
+        (["bench", "--steps", "0"], "steps must be an integer >= 1, got 0"),
+        (["bench", "--threads", "0"], "threads must be an integer >= 1, got 0"),
+        (["bench", "--repeats", "0"], "repeats must be an integer >= 1, got 0"),
+        (["bench", "--preset", "imagenet"], "invalid choice"),
+    ],
+)
+def test_cli_bench_rejects_bad_input(argv, message: str, capsys) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

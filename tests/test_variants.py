@@ -1,0 +1,98 @@
+"""Variants on top of fit: several teachers, born-again generations, mutual learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdbook.evaluate import accuracy, predict
+from kdbook.losses import ensemble_logits, kd_loss
+from kdbook.models import build_model
+from kdbook.train import born_again, fit, mutual_learning
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def tiny(data, seed: int = 0, name: str = "tiny_cnn"):
+    torch.manual_seed(seed)
+    return build_model(name, data.num_classes, in_channels=1, image_size=8)
+
+
+@pytest.fixture(scope="module")
+def teachers(digits):
+    a, b = tiny(digits, seed=0), tiny(digits, seed=1)
+    fit(a, digits, num_epochs=1, seed=0, progress=False)
+    fit(b, digits, num_epochs=1, seed=1, progress=False)
+    return a, b
+
+
+def test_ensemble_logits_average_the_probabilities_at_t():
+    torch.manual_seed(0)
+    t1, t2 = torch.randn(4, 5) * 3, torch.randn(4, 5) * 3
+    temperature = 2.0
+    for weights, (w1, w2) in ((None, (0.5, 0.5)), ([3.0, 1.0], (0.75, 0.25))):
+        mixed = ensemble_logits([t1, t2], temperature, weights)
+        expected = w1 * torch.softmax(t1 / 2, -1) + w2 * torch.softmax(t2 / 2, -1)
+        torch.testing.assert_close(torch.softmax(mixed / temperature, -1), expected)
+    huge = torch.tensor([[200.0, -200.0, 0.0]])  # a softmax that underflows to exact zeros
+    assert torch.isfinite(ensemble_logits([huge, huge], 1.0)).all()
+    with pytest.raises(ValueError, match="weights must be 2 numbers >= 0"):
+        ensemble_logits([t1, t2], 1.0, [1.0, -1.0])
+
+
+def test_two_identical_teachers_are_one_teacher(digits, teachers):
+    teacher = teachers[0]
+    torch.manual_seed(0)
+    s, y = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    t = teacher(digits.normalize(digits.train.images[:6]))
+    torch.testing.assert_close(
+        kd_loss(s, ensemble_logits([t, t], 4.0), y), kd_loss(s, t, y), rtol=1e-6, atol=1e-6
+    )
+    one, two = tiny(digits, seed=2), tiny(digits, seed=2)
+    kwargs = dict(num_epochs=1, progress=False)
+    single = fit(one, digits, teacher=teacher, **kwargs)
+    double = fit(two, digits, teacher=[teacher, teacher], teacher_weights=[1, 3], **kwargs)
+    assert double.settings["teacher"] == ["tiny_cnn", "tiny_cnn"]
+    assert double.settings["teacher_weights"] == [1.0, 3.0]
+    assert double.final["kl"] == pytest.approx(single.final["kl"], rel=1e-4)
+    for a, b in zip(one.parameters(), two.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_two_teachers_differ_from_either(digits, teachers):
+    both = fit(tiny(digits), digits, teacher=list(teachers), num_epochs=1, progress=False)
+    first = fit(tiny(digits), digits, teacher=teachers[0], num_epochs=1, progress=False)
+    assert both.final["kl"] != first.final["kl"]
+    with pytest.raises(ValueError, match="teacher_weights must be 2 numbers"):
+        fit(tiny(digits), digits, teacher=list(teachers), teacher_weights=[1], progress=False)
+    with pytest.raises(TypeError, match="a list of them, or None"):
+        fit(tiny(digits), digits, teacher=[teachers[0], "t"], progress=False)
+
+
+def test_born_again_returns_each_generation_from_the_same_init(digits, tmp_path):
+    runs = born_again(
+        "tiny_cnn", digits, generations=3, num_epochs=1, checkpoint_dir=tmp_path, progress=False
+    )
+    assert len(runs) == 3
+    histories = [h for _, h in runs]
+    assert [h.settings["teacher"] for h in histories] == [None, "tiny_cnn", "tiny_cnn"]
+    assert "kl" not in histories[0].final and "kl" in histories[1].final
+    assert all(len(h.epochs) == 1 for h in histories)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen1.pt", "gen2.pt", "gen3.pt"]
+    models = [m for m, _ in runs]
+    assert not any(m.training for m in models)
+    assert not torch.equal(models[1].head[1].weight, models[2].head[1].weight)
+
+
+def test_mutual_learning_improves_both_students(digits):
+    a, b = tiny(digits, seed=0), tiny(digits, seed=1, name="digits_teacher")
+    before = [accuracy(predict(m, digits, "val"), digits.val.labels) for m in (a, b)]
+    history_a, history_b = mutual_learning(a, b, digits, num_epochs=2, progress=False)
+    assert (
+        [e["epoch"] for e in history_a.epochs] == [1, 2] == [e["epoch"] for e in history_b.epochs]
+    )
+    assert history_a.settings["teacher"] == "digits_teacher"
+    assert history_b.settings["teacher"] == "tiny_cnn" and history_b.settings["num_epochs"] == 2
+    after = [accuracy(predict(m, digits, "val"), digits.val.labels) for m in (a, b)]
+    assert after[0] > before[0] + 20 and after[1] > before[1] + 20
+    assert history_a.final["val_acc"] == pytest.approx(after[0])
