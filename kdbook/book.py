@@ -706,8 +706,9 @@ def run_book(
     After each notebook, results.json and summary.md are rewritten.
 
     Run again into the same folder with the same parameters, it resumes: the leading
-    notebooks that finished there are skipped, and everything from the first one that did
-    not finish is run again (later notebooks read what earlier ones left).
+    notebooks that finished there (and have not been edited since) are skipped, and
+    everything from the first one that did not finish is run again (later notebooks read
+    what earlier ones left).
 
     Args:
         out: the run folder; default ``runs/<YYYYmmdd-HHMMSS>`` under the current directory.
@@ -759,8 +760,10 @@ def run_book(
         if "run_dir" in declared[name]:
             nb_params["run_dir"] = str(run_dir)
         source, target = notebook_dir / f"{name}.ipynb", run_dir / f"{name}.ipynb"
-        if name in finished_before and target.is_file():
-            state[name] = {"status": "ok", "seconds": finished_before[name], "skipped": True}
+        source_hash = _file_hash(source)
+        earlier = finished_before.get(name)
+        if earlier is not None and earlier.get("source") == source_hash and target.is_file():
+            state[name] = {**earlier, "skipped": True}
             print(f"[{i}/{total}] {name} ... finished earlier, skipped", flush=True)
             continue
         finished_before = {}  # from here on, everything runs again
@@ -798,7 +801,7 @@ def run_book(
             write_results(run_dir, status="failed", notebooks=state, finished=_now())
             print(f"{failure} (see {target})", file=sys.stderr, flush=True)
             raise failure
-        state[name] = {"status": "ok", "seconds": seconds}
+        state[name] = {"status": "ok", "seconds": seconds, "source": source_hash}
         print(f"ok ({seconds:.1f} s)", flush=True)
         write_results(run_dir, status="running", notebooks=state, finished=None)
     write_results(run_dir, status="ok", notebooks=state, finished=_now())
@@ -806,8 +809,15 @@ def run_book(
     return run_dir
 
 
-def _finished_notebooks(run_dir: Path, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Notebooks an earlier run in ``run_dir`` finished with these parameters: name -> seconds."""
+def _file_hash(path: Path) -> str:
+    """sha1 of a file's bytes: an edited notebook is not the one that finished earlier."""
+    import hashlib
+
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _finished_notebooks(run_dir: Path, params: Mapping[str, Any]) -> dict[str, dict]:
+    """Notebooks an earlier run in ``run_dir`` finished with these parameters: name -> record."""
     path = run_dir / "results.json"
     if not path.is_file():
         return {}
@@ -818,7 +828,7 @@ def _finished_notebooks(run_dir: Path, params: Mapping[str, Any]) -> dict[str, A
     if previous.get("parameters") != _jsonable(dict(params)):
         return {}
     notebooks = previous.get("notebooks") or {}
-    return {n: v.get("seconds") for n, v in notebooks.items() if v.get("status") == "ok"}
+    return {n: dict(v) for n, v in notebooks.items() if v.get("status") == "ok"}
 
 
 def _failure(name: str, exc: BaseException, target: Path, run_dir: Path, timeout: int) -> BookError:

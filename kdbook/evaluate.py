@@ -260,6 +260,93 @@ def compare(
     return Comparison(per_seed, summary, setting)
 
 
+SCRATCH = "student (scratch)"
+
+
+@dataclass
+class MethodComparison:
+    """Result of :func:`compare_methods`: per-seed accuracies and times, and the summary."""
+
+    per_seed: pd.DataFrame
+    summary: pd.DataFrame
+
+
+def compare_methods(
+    student: str,
+    data: Dataset,
+    methods: dict[str, dict],
+    *,
+    seeds: Sequence[int],
+    baseline: str | None = None,
+    progress: bool = True,
+    **fit_kwargs,
+) -> MethodComparison:
+    """Train ``student`` alone and with each distillation method, from the same weights per seed.
+
+    For each seed the student is built once; the scratch copy and one copy per method train
+    from those weights with :func:`kdbook.train.fit`. A method is a dict of extra ``fit``
+    arguments, e.g. ``{"teacher": t}`` or ``{"teacher": t, "feature_loss": HintLoss(...),
+    "feature_weight": 1.0}``. A ``feature_loss`` given as a class or factory (not a module)
+    is called once per seed, so that every run gets a fresh adapter. A method's own
+    arguments override the shared ``fit_kwargs`` (e.g. its own ``alpha``).
+
+    Returns:
+        A :class:`MethodComparison`. ``summary`` has, per method: test accuracy mean and 95%
+        interval, the paired gain over scratch and over ``baseline`` (e.g. plain logit KD),
+        and the mean seconds per epoch with its ratio to scratch (the extra training cost).
+    """
+    from kdbook.train import fit
+
+    if not seeds:
+        raise ValueError("seeds must name at least one seed, got []")
+    if baseline is not None and baseline not in methods:
+        raise ValueError(f"baseline must be one of {list(methods)}, got {baseline!r}")
+    fit_kwargs.setdefault("progress", False)
+    device = fit_kwargs.get("device", "cpu")
+    rows = []
+    bar = tqdm(total=len(seeds) * (len(methods) + 1), desc="runs", disable=not progress)
+    for seed in seeds:
+        torch.manual_seed(seed)
+        init = build_model(
+            student, data.num_classes, in_channels=data.in_channels, image_size=data.image_size
+        )
+        row: dict = {"seed": seed, "init_norm": first_layer_norm(init)}
+        for name, extra in {SCRATCH: {}, **methods}.items():
+            extra = dict(extra)
+            loss = extra.get("feature_loss")
+            if loss is not None and not isinstance(loss, nn.Module):
+                extra["feature_loss"] = loss()  # a fresh adapter for this seed
+            model = copy.deepcopy(init)
+            history = fit(model, data, seed=seed, **{**fit_kwargs, **extra})  # method wins
+            row[name] = accuracy(predict(model, data, "test", device), data.test.labels)
+            row[f"{name} s/epoch"] = statistics.fmean(e["seconds"] for e in history.epochs)
+            bar.update()
+        rows.append(row)
+    bar.close()
+    per_seed = pd.DataFrame(rows).set_index("seed")
+    summary = []
+    for name in [SCRATCH, *methods]:
+        acc, acc_ci = mean_ci(per_seed[name].tolist())
+        gain, gain_ci = mean_ci((per_seed[name] - per_seed[SCRATCH]).tolist())
+        entry = {
+            "method": name,
+            "accuracy": acc,
+            "accuracy_ci95": acc_ci,
+            "gain_vs_scratch": gain,
+            "gain_vs_scratch_ci95": gain_ci,
+        }
+        if baseline is not None:
+            vs, vs_ci = mean_ci((per_seed[name] - per_seed[baseline]).tolist())
+            entry |= {f"gain_vs_{baseline}": vs, f"gain_vs_{baseline}_ci95": vs_ci}
+        seconds = per_seed[f"{name} s/epoch"].mean()
+        entry |= {
+            "s_per_epoch": seconds,
+            "time_ratio_vs_scratch": seconds / per_seed[f"{SCRATCH} s/epoch"].mean(),
+        }
+        summary.append(entry)
+    return MethodComparison(per_seed, pd.DataFrame(summary).set_index("method"))
+
+
 ONNX_INPUT, ONNX_OUTPUT = "images", "logits"  # tensor names in exported ONNX files
 
 

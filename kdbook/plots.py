@@ -331,3 +331,84 @@ def interval_plot(
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def bar_plot(
+    values: pd.Series,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    spread: pd.Series | None = None,
+    max_ticks: int = 16,
+) -> Figure:
+    """One bar per entry of ``values`` (e.g. a weight per channel), with optional error bars.
+
+    Args:
+        values: the bar heights, indexed by what the x axis names (channel, class...).
+        title, xlabel, ylabel: texts of the figure (put units in the labels).
+        spread: per-entry half-widths drawn as error bars (e.g. the spread over a batch).
+        max_ticks: at most this many x tick labels, evenly spaced, so that long series stay
+            readable.
+    """
+    fig, ax = plt.subplots(figsize=(min(12.0, 3.0 + 0.12 * len(values)), 3.6))
+    positions = list(range(len(values)))
+    yerr = None if spread is None else spread.reindex(values.index).tolist()
+    ax.bar(positions, values.tolist(), yerr=yerr, color="tab:blue", ecolor="gray", capsize=0)
+    step = max(1, -(-len(values) // max_ticks))
+    ax.set_xticks(positions[::step], [str(i) for i in values.index[::step]])
+    ax.set_xlim(-0.8, len(values) - 0.2)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def attention_grid(
+    images: torch.Tensor,
+    maps: Mapping[str, torch.Tensor],
+    *,
+    title: str,
+    captions: Sequence[str] | None = None,
+) -> Figure:
+    """Input images in the first row, then one row of spatial attention maps per model.
+
+    Each map is divided by its sum, so that a cell shows the share of the image's attention
+    it holds, and every map shares one colour scale: rows of different models compare.
+
+    Args:
+        images: uint8 images ``(N, C, H, W)``.
+        maps: row name -> attention maps ``(N, h, w)`` (``kdbook.losses.attention_map``).
+        title: the figure's title.
+        captions: one text per column (e.g. the true class), shown above the images.
+    """
+    shares = {
+        name: m / m.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12) for name, m in maps.items()
+    }
+    top = max(s.max().item() for s in shares.values())
+    ncols = len(images)
+    fig, axes = plt.subplots(
+        1 + len(shares),
+        ncols,
+        figsize=(1.15 * ncols + 2.6, 1.2 * (1 + len(shares)) + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_ylabel("image", rotation=0, ha="right", va="center", fontsize=9)
+    for c, img in enumerate(images):
+        pixels = img.permute(1, 2, 0).numpy()
+        axes[0, c].imshow(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels, cmap="gray_r")
+        if captions is not None:
+            axes[0, c].set_title(str(captions[c]), fontsize=9)
+    im = None
+    for r, (name, share) in enumerate(shares.items(), start=1):
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+        for c in range(ncols):
+            im = axes[r, c].imshow(share[c].numpy(), cmap="magma", vmin=0.0, vmax=top)
+    if im is not None:
+        fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), label="share of attention", shrink=0.9)
+    fig.suptitle(title)
+    return fig

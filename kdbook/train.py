@@ -732,7 +732,9 @@ def _is_unfinished(path: Path) -> bool:
     return isinstance(run, dict) and not run.get("finished", True)
 
 
-def teacher_from_run(cfg, data: Dataset, *, progress: bool = True) -> tuple[nn.Module, dict]:
+def teacher_from_run(
+    cfg, data: Dataset, *, num_epochs: int | None = None, progress: bool = True
+) -> tuple[nn.Module, dict]:
     """The teacher of this run: loaded from ``run_dir/teacher.pt``, or trained and saved there.
 
     A notebook opened on its own calls this and gets the teacher 02_teacher would have
@@ -740,15 +742,21 @@ def teacher_from_run(cfg, data: Dataset, *, progress: bool = True) -> tuple[nn.M
     data set is not reused: it is retrained (and the message says why). An unfinished
     checkpoint (a training that was interrupted) is continued from its last epoch.
 
+    A teacher trained here gets the preset's number of epochs, not ``cfg.num_epochs``: a
+    notebook that shortens its students' training still gets the teacher 02 would train.
+
     Args:
         cfg: a :class:`kdbook.config.Config`.
         data: the data set of ``cfg.dataset``.
+        num_epochs: the teacher's epochs when it must be trained (default: the preset's).
 
     Returns:
         The teacher in eval mode and its checkpoint metadata.
     """
+    from kdbook.config import PRESETS
     from kdbook.models import build_model
 
+    num_epochs = num_epochs or PRESETS[cfg.preset]["num_epochs"]
     path = Path(cfg.run_dir) / "teacher.pt"
     unfinished = _is_unfinished(path) if path.is_file() else False
     if unfinished:
@@ -764,7 +772,7 @@ def teacher_from_run(cfg, data: Dataset, *, progress: bool = True) -> tuple[nn.M
             reason = str(e)
         print(f"teacher: not reusing {path}: {reason}")
     if not unfinished:
-        print(f"teacher: training {cfg.teacher} ({cfg.num_epochs} epochs), saving to {path}")
+        print(f"teacher: training {cfg.teacher} ({num_epochs} epochs), saving to {path}")
     torch.manual_seed(cfg.seed)
     teacher = build_model(
         cfg.teacher, data.num_classes, in_channels=data.in_channels, image_size=data.image_size
@@ -772,7 +780,7 @@ def teacher_from_run(cfg, data: Dataset, *, progress: bool = True) -> tuple[nn.M
     fit(
         teacher,
         data,
-        num_epochs=cfg.num_epochs,
+        num_epochs=num_epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,
         device=cfg.device,

@@ -221,3 +221,37 @@ def test_verdict_wording():
     assert noise.startswith("inside seed noise: gain +0.1 ± ") and noise.endswith("includes 0")
     one_seed = synthetic([5.0]).verdict()
     assert one_seed == "one seed, no interval: gain +5.0 points (run more seeds to judge)"
+
+
+def test_compare_methods_shares_the_start_and_gives_fresh_adapters(digits) -> None:
+    from kdbook.evaluate import SCRATCH, compare_methods
+    from kdbook.losses import HintLoss
+    from kdbook.models import build_model
+
+    teacher = build_model("tiny_cnn", 10, in_channels=1, image_size=8).eval()
+    made = []
+
+    def make_hint():
+        made.append(HintLoss(4, 4))
+        return made[-1]
+
+    result = compare_methods(
+        "tiny_cnn",
+        digits,
+        {
+            "logit KD": {"teacher": teacher},
+            "hint": {"teacher": teacher, "feature_loss": make_hint, "feature_weight": 1.0},
+        },
+        seeds=[0, 1],
+        baseline="logit KD",
+        num_epochs=1,
+    )
+    assert len(made) == 2 and made[0] is not made[1], "one fresh adapter per seed"
+    assert list(result.summary.index) == [SCRATCH, "logit KD", "hint"]
+    assert result.summary.loc[SCRATCH, "gain_vs_scratch"] == 0
+    assert result.summary.loc["logit KD", "gain_vs_logit KD"] == 0
+    per_seed = result.per_seed
+    expected = (per_seed["hint"] - per_seed[SCRATCH]).mean()
+    assert abs(result.summary.loc["hint", "gain_vs_scratch"] - expected) < 1e-9
+    assert (result.summary["time_ratio_vs_scratch"] > 0).all()
+    assert per_seed.loc[0, "init_norm"] != per_seed.loc[1, "init_norm"]

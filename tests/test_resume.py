@@ -196,7 +196,7 @@ def test_teacher_from_run_continues_an_interrupted_teacher(digits, tmp_path, cap
     assert checkpoint_epoch(path) == 1
     capsys.readouterr()
 
-    teacher, meta = teacher_from_run(cfg, digits, progress=False)
+    teacher, meta = teacher_from_run(cfg, digits, num_epochs=2, progress=False)
     out = capsys.readouterr().out
     assert "holds an unfinished run of tiny_cnn; continuing it" in out
     assert "resuming after epoch 1 of 2" in out and "training tiny_cnn" not in out

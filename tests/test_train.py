@@ -180,11 +180,11 @@ def test_load_checkpoint_refuses_another_dataset(digits, tmp_path):
 def test_teacher_from_run_trains_once_then_loads(digits, tmp_path, capsys):
     # tiny_cnn as the teacher keeps this quick; the mechanism is the same for any model.
     cfg = make_config(teacher="tiny_cnn", num_epochs=1, run_dir=str(tmp_path / "run"))
-    first, meta = teacher_from_run(cfg, digits, progress=False)
+    first, meta = teacher_from_run(cfg, digits, num_epochs=1, progress=False)
     assert "training tiny_cnn" in capsys.readouterr().out
     assert (tmp_path / "run" / "teacher.pt").is_file()
     assert meta["model"] == cfg.teacher and meta["settings"]["num_epochs"] == 1
-    second, meta2 = teacher_from_run(cfg, digits, progress=False)
+    second, meta2 = teacher_from_run(cfg, digits, num_epochs=1, progress=False)
     out = capsys.readouterr().out
     assert "loaded" in out and "training" not in out
     assert meta2 == meta
@@ -196,7 +196,7 @@ def test_teacher_from_run_retrains_another_architecture(digits, tmp_path, capsys
     run = tmp_path / "run"
     save_checkpoint(run / "teacher.pt", tiny(digits), digits)  # a tiny_cnn, not the teacher
     cfg = make_config(teacher="mnist_student", num_epochs=1, run_dir=str(run))
-    _, meta = teacher_from_run(cfg, digits, progress=False)
+    _, meta = teacher_from_run(cfg, digits, num_epochs=1, progress=False)
     out = capsys.readouterr().out
     assert "not reusing" in out and "it holds tiny_cnn" in out and "training mnist_student" in out
     assert meta["model"] == "mnist_student"
