@@ -132,3 +132,27 @@ def test_save_figure_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert path.stat().st_size > 1000
     assert [p.name for p in path.parent.iterdir()] == ["curves.png"]  # no temp file left
+
+
+def test_line_and_bar_plots():
+    frame = pd.DataFrame({"with T^2": [1.0, 1.1], "without": [1.0, 0.25]}, index=[1, 2])
+    fig = plots.line_plot(frame, title="grad", xlabel="T", ylabel="norm", logy=True)
+    assert title_of(fig) == "grad" and fig.axes[0].get_yscale() == "log"
+    check_axes(fig)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == list(frame.columns)
+    values = pd.Series([0.2, 0.5, 0.9], index=["c0", "c1", "c2"])
+    fig = plots.bar_plot(values, title="SE", xlabel="channel", ylabel="weight", spread=values / 10)
+    assert title_of(fig) == "SE"
+    check_axes(fig)
+    assert [round(p.get_height(), 6) for p in fig.axes[0].patches] == values.tolist()
+
+
+def test_attention_grid_normalises_each_map():
+    images = torch.randint(0, 255, (2, 1, 8, 8), dtype=torch.uint8)
+    maps = {"teacher": torch.rand(2, 4, 4), "student": torch.rand(2, 4, 4) * 5}
+    fig = plots.attention_grid(images, maps, title="attention", captions=["a", "b"])
+    assert title_of(fig) == "attention"
+    shown = [im.get_array() for ax in fig.axes for im in ax.get_images()][2:]  # after images
+    assert len(shown) == 4
+    for array in shown:
+        assert abs(float(array.sum()) - 1.0) < 1e-5, "each map shows shares that sum to 1"
