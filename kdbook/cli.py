@@ -96,6 +96,20 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _add_parameter_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``-p NAME VALUE``, repeatable, collected in ``args.parameters`` (book and sweep)."""
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        dest="parameters",
+        help=help,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``kdbook`` argument parser."""
     from kdbook import __version__
@@ -126,16 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NB",
         help="run only these notebooks (name such as 04_loss, or a unique prefix such as 04)",
     )
-    book.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        dest="parameters",
-        help="set a notebook parameter; repeat for several",
-    )
+    _add_parameter_option(book, "set a notebook parameter; repeat for several")
     book.add_argument(
         "--timeout",
         type=int,
@@ -192,15 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--seeds", type=int, metavar="N", help="seeds per point (the notebook's num_seeds)"
     )
-    sweep.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        dest="parameters",
-        help="set a fixed notebook parameter for every point; repeat for several",
+    _add_parameter_option(
+        sweep, "set a fixed notebook parameter for every point; repeat for several"
     )
     sweep.add_argument(
         "--jobs", type=int, default=1, metavar="N", help="points run at once (default: 1)"

@@ -185,13 +185,14 @@ class Comparison:
 
     def verdict(self) -> str:
         """Plain words for the gain: helps, inside seed noise, or hurts."""
+        from kdbook.book import verdict  # the one rule, shared with summary.md
+
         gain, ci = self.summary.loc["gain (KD - scratch)", ["mean", "ci95"]]
         if math.isnan(ci):
             return f"one seed, no interval: gain {gain:+.1f} points (run more seeds to judge)"
-        if abs(gain) <= ci:
-            return f"inside seed noise: gain {gain:+.1f} ± {ci:.1f} points includes 0"
-        word = "KD helps" if gain > 0 else "KD hurts"
-        return f"{word}: gain {gain:+.1f} ± {ci:.1f} points excludes 0"
+        word = verdict(gain, ci)
+        relation = "includes" if word == "inside seed noise" else "excludes"
+        return f"{word}: gain {gain:+.1f} ± {ci:.1f} points {relation} 0"
 
 
 def summarize(per_seed: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
