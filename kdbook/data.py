@@ -91,27 +91,55 @@ class Split:
 
 @dataclass(frozen=True)
 class Augment:
-    """Batched augmentation: random shift by up to ``pad`` pixels, optional horizontal flip."""
+    """Batched augmentation: random shift by up to ``pad`` pixels, optional horizontal flip,
+    optional cutout (a ``cutout`` x ``cutout`` square set to 0).
+
+    Each call draws its random parameters with :meth:`sample` and applies them with
+    :meth:`apply`; keeping the parameters lets the same views be replayed later (a teacher's
+    logits cached for a view stay valid for the student that sees that very view).
+    """
 
     pad: int = 0
     flip: bool = False
+    cutout: int = 0
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        n, _, h, w = x.shape
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Parameters of ``n`` random views: int64 ``(n, 5)`` columns dy, dx, flip, cy, cx."""
+        params = torch.zeros(n, 5, dtype=torch.long)
+        if self.pad:
+            params[:, 0] = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator)
+            params[:, 1] = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator)
+        if self.flip:
+            params[:, 2] = (torch.rand(n, generator=generator) < 0.5).long()
+        if self.cutout:
+            params[:, 3:] = torch.randint(0, 1 << 30, (n, 2), generator=generator)
+        return params
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """The views of ``x`` (N, C, H, W) that ``params`` (from :meth:`sample`) describe."""
+        n, c, h, w = x.shape
+        params = params.to(x.device)
         if self.pad:
             padded = F.pad(x, (self.pad,) * 4)
-            size = (n, 1)
-            dy = torch.randint(0, 2 * self.pad + 1, size, generator=generator)
-            dx = torch.randint(0, 2 * self.pad + 1, size, generator=generator)
-            rows = (dy + torch.arange(h)).to(x.device)  # (N, H)
-            cols = (dx + torch.arange(w)).to(x.device)  # (N, W)
+            rows = params[:, :1] + torch.arange(h, device=x.device)  # (N, H)
+            cols = params[:, 1:2] + torch.arange(w, device=x.device)  # (N, W)
             batch = torch.arange(n, device=x.device)[:, None, None, None]
-            chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+            chans = torch.arange(c, device=x.device)[None, :, None, None]
             x = padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
         if self.flip:
-            mask = torch.rand(n, generator=generator) < 0.5
-            x = torch.where(mask.to(x.device)[:, None, None, None], x.flip(-1), x)
+            x = torch.where(params[:, 2].bool()[:, None, None, None], x.flip(-1), x)
+        if self.cutout:
+            cy = (params[:, 3] % h)[:, None, None]
+            cx = (params[:, 4] % w)[:, None, None]
+            ys = torch.arange(h, device=x.device)[None, :, None]
+            xs = torch.arange(w, device=x.device)[None, None, :]
+            top, left = cy - self.cutout // 2, cx - self.cutout // 2  # a square centred there
+            hole = (ys >= top) & (ys < top + self.cutout) & (xs >= left) & (xs < left + self.cutout)
+            x = x.masked_fill(hole[:, None], 0)
         return x
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(x, self.sample(len(x), generator))
 
 
 @dataclass(frozen=True)
@@ -380,10 +408,21 @@ def load_dataset(
 class Loader:
     """Batches of ``(images, labels, indices)`` from a split, normalised, optionally augmented.
 
-    Works on tensors already in memory (or on the GPU): no per-sample Python work.
+    Works on tensors already in memory (or on the GPU, where the uint8 images stay resident
+    and each batch is gathered, augmented and normalised there): no per-sample Python work.
     ``indices`` are the positions in the split, for looking up cached teacher logits.
     ``num_batches`` fixes the batches per pass, reshuffling and cycling through a split
     smaller than that (so that a student on few labels gets as many updates as the rest).
+
+    ``replay``: when set to augmentation parameters for every sample of the split (``(N, 5)``
+    from :meth:`Augment.sample`), each sample is shown in that stored view instead of a
+    fresh random one (the views a teacher's cached logits were computed on).
+
+    ``shard=(rank, world_size)``: the data-parallel slice. Every rank draws the same global
+    batch (the same seed, so the same permutation: what ``DistributedSampler.set_epoch``
+    arranges for a DataLoader) and the same augmentation parameters, then keeps its own
+    contiguous part; the parts of all ranks are exactly the single-process batch.
+    ``global_size`` holds the size of the last global batch.
     """
 
     def __init__(
@@ -397,9 +436,15 @@ class Loader:
         device: str | torch.device = "cpu",
         seed: int = 0,
         num_batches: int | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        rank, world = shard
+        if not (0 <= rank < world):
+            raise ValueError(
+                f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}"
+            )
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
         self.augment = data.augment if augment else None
         self.device = torch.device(device)
@@ -409,6 +454,9 @@ class Loader:
         if len(self.labels) == 0:
             raise ValueError("the split has no samples to load")
         self.num_batches = num_batches or math.ceil(len(self.labels) / batch_size)
+        self.shard = shard
+        self.replay: torch.Tensor | None = None
+        self.global_size = 0
 
     def __len__(self) -> int:
         return self.num_batches
@@ -432,9 +480,22 @@ class Loader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         batches = self._batches()
+        rank, world = self.shard
         for _ in range(self.num_batches):
-            idx = next(batches).to(self.device)
+            idx = next(batches)
+            params = None
+            if self.replay is not None:
+                params = self.replay[idx]
+            elif self.augment is not None:
+                params = self.augment.sample(len(idx), self.generator)
+            self.global_size = len(idx)
+            if world > 1:
+                keep = torch.arange(len(idx)).tensor_split(world)[rank]
+                idx = idx[keep]
+                params = None if params is None else params[keep]
+            idx = idx.to(self.device, non_blocking=True)
             x = self.images[idx]
-            if self.augment is not None:
-                x = self.augment(x, self.generator)
+            if params is not None:
+                augment = self.augment or self.data.augment
+                x = augment.apply(x, params)
             yield self.data.normalize(x), self.labels[idx], idx

@@ -208,6 +208,11 @@ class ViTClassifier(nn.Module):
         super().__init__()
         self.vit = vit
 
+    @property
+    def head(self) -> nn.Module:
+        """The classifier (``forward_head``'s parameters), as ``Classifier.head``."""
+        return self.vit.heads
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         vit = self.vit
         patches = vit.conv_proj(x).flatten(2).transpose(1, 2)  # (N, h*w, D)

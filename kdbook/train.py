@@ -15,6 +15,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdbook.config import check_params, resolve_device
-from kdbook.data import UNLABELED, Dataset, Loader, Split
+from kdbook.data import UNLABELED, Augment, Dataset, Loader, Split
 from kdbook.io import atomic_write
 from kdbook.losses import ensemble_logits, kd_loss
 from kdbook.schedules import value_at
@@ -52,26 +53,145 @@ class History:
         return pd.DataFrame(self.epochs).set_index("epoch")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"``: bf16 on a CUDA GPU that has it, fp16 on one without, fp32 elsewhere.
+
+    fp16 needs a CUDA device (fit guards its gradients with ``torch.amp.GradScaler``);
+    bf16 works on CPUs too (its range is fp32's, so no scaler is needed).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"precision='fp16' needs a CUDA device, got device {device.type!r}: "
+            "use 'bf16' or 'fp32' there"
+        )
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """``torch.autocast`` for a resolved precision (a no-op context for fp32)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def world_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the process group torchrun set up, ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _data_parallel(student: nn.Module, device: torch.device) -> nn.Module:
+    """``student`` as DistributedDataParallel (SyncBatchNorm on GPUs: one batch, one BN)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        return DistributedDataParallel(student, device_ids=[device])
+    return DistributedDataParallel(student)
+
+
+def _all_reduce(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The sum over ranks of a small CPU tensor (sent through ``device`` for NCCL)."""
+    import torch.distributed as dist
+
+    values = values.to(device)
+    dist.all_reduce(values)
+    return values.cpu()
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics on CPUs, per rank)."""
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, 0)
+
+
+class _Student(nn.Module):
+    """What the optimizer trains, as one module (the one DDP wraps): model and feature loss.
+
+    ``forward(x, teacher_features)`` returns the logits and the feature loss (None without one).
+    """
+
+    def __init__(self, model: nn.Module, feature_loss: nn.Module | None) -> None:
+        super().__init__()
+        self.model, self.feature_loss = model, feature_loss
+
+    def forward(
+        self, x: torch.Tensor, teacher_features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.feature_loss is None:
+            return self.model(x), None
+        features = self.model.forward_features(x)
+        return self.model.forward_head(features), self.feature_loss(features, teacher_features)
+
+
+@torch.no_grad()
+def _teach(
+    teachers: list[nn.Module],
+    x: torch.Tensor,
+    temperature: float,
+    weights: list[float] | None,
+    with_features: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The teachers' logits (fp32, as source 5 keeps them) and, when asked, the features."""
+    if with_features:
+        features = teachers[0].forward_features(x)
+        return teachers[0].forward_head(features).float(), features.float()
+    if len(teachers) == 1:
+        return teachers[0](x).float(), None
+    outputs = [t(x).float() for t in teachers]
+    return ensemble_logits(outputs, temperature, weights), None
+
+
 def _make_optimizer(
-    params: list[nn.Parameter], name: str, lr: float, weight_decay: float, momentum: float
+    params: list[nn.Parameter],
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW; ``fused`` (one kernel for all parameters) on GPUs."""
+    extra = {"fused": True} if fused else {}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **extra)
 
 
 @torch.no_grad()
 def _evaluate(
-    model: nn.Module, data: Dataset, split: Split, device: torch.device
+    model: nn.Module,
+    data: Dataset,
+    split: Split,
+    device: torch.device,
+    precision: str = "fp32",
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[float, float]:
-    """Loss and accuracy (%) of ``model`` on a split, in eval mode."""
+    """Loss and accuracy (%) of ``model`` on a split, in eval mode (summed over the ranks)."""
     model.eval()
-    loss, correct = 0.0, 0
-    for x, y, _ in Loader(data, split, 512, device=device):
-        logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return loss / len(split), 100.0 * correct / len(split)
+    sums = torch.zeros(2, dtype=torch.float64)
+    for x, y, _ in Loader(data, split, 512, device=device, shard=shard):
+        with autocast(precision, device):
+            logits = model(x).float()
+        sums[0] += F.cross_entropy(logits, y, reduction="sum").item()
+        sums[1] += (logits.argmax(1) == y).sum().item()
+    if shard[1] > 1:
+        sums = _all_reduce(sums, device)
+    return sums[0].item() / len(split), 100.0 * sums[1].item() / len(split)
 
 
 # The settings that must agree for a checkpoint to continue (or stand for) a run.
@@ -91,6 +211,11 @@ RESUME_SETTINGS = (
     "feature_loss",
     "feature_weight",
     "max_grad_norm",
+    "augment",
+    "teacher_augment",
+    "freeze_head",
+    "precision",
+    "accumulation_steps",
 )
 
 
@@ -245,11 +370,130 @@ def _setting(value: Any) -> Any:
     return value if value is None or isinstance(value, int | float) else repr(value)
 
 
+@dataclass
+class LogitCache:
+    """A teacher's logits on every training image, computed once (:func:`cache_teacher_logits`).
+
+    ``logits`` is fp32 ``(V, N, C)``: V views of the N training images. ``views`` holds each
+    view's augmentation parameters ``(V, N, 5)`` (:meth:`kdbook.data.Augment.sample`), or is
+    None for one view of the plain images. ``images`` and ``fingerprint`` are digests of the
+    training images and of images plus teacher weights, so a stale cache is recognised.
+    """
+
+    logits: torch.Tensor
+    views: torch.Tensor | None
+    images: str
+    fingerprint: str
+    teacher: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "logits": self.logits,
+            "views": self.views,
+            "images": self.images,
+            "fingerprint": self.fingerprint,
+            "teacher": self.teacher,
+        }
+
+
+def _check_cache(cache: LogitCache, data: Dataset, feature_loss: Any, teacher_augment: Any) -> None:
+    if cache.logits.shape[1:] != (len(data.train), data.num_classes):
+        raise ValueError(
+            f"teacher cache holds logits of shape {tuple(cache.logits.shape[1:])}, data set "
+            f"{data.name!r} has {len(data.train)} training images of {data.num_classes} classes"
+        )
+    if cache.images != _tensor_digest([data.train.images]):
+        raise ValueError(
+            f"teacher cache was computed on other training images than data set {data.name!r}'s"
+        )
+    if feature_loss is not None or teacher_augment is not None:
+        raise ValueError(
+            "a teacher cache holds logits only: feature_loss and teacher_augment need the "
+            "teacher itself (pass the model as teacher)"
+        )
+
+
+@torch.no_grad()
+def cache_teacher_logits(
+    teacher: nn.Module,
+    data: Dataset,
+    *,
+    views: int = 0,
+    seed: int = 0,
+    path: str | Path | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
+    batch_size: int = 512,
+    progress: bool = True,
+) -> LogitCache:
+    """The teacher's logits on ``data.train``, computed once, for ``fit(teacher=cache)``.
+
+    A cache is valid only while the student sees exactly the images the teacher saw. With
+    ``views=0`` those are the plain images (the student then trains without augmentation).
+    With ``views=k``, k augmented views of every image are drawn with the data set's
+    augmentation and their parameters are kept, so that ``fit`` replays view ``e mod k`` in
+    epoch ``e``: augmentation with a valid cache (k views instead of a fresh one each epoch).
+
+    With ``path`` (e.g. ``run_dir/teacher_logits.pt``) the cache is loaded from the file when
+    it was made from the same images, teacher weights and views, and computed and saved
+    (atomically, loadable with ``weights_only=True``) otherwise.
+
+    Args:
+        teacher: the trained teacher (run in eval mode, under no_grad, autocast per precision).
+        data: the data set whose training images are cached.
+        views: 0 for the plain images, or the number of stored augmented views.
+        seed: seeds the views' augmentation parameters.
+        path: a file to keep the cache in, or None for memory only.
+
+    Returns:
+        A :class:`LogitCache`.
+    """
+    if not (isinstance(views, int) and views >= 0):
+        raise ValueError(f"views must be an integer >= 0, got {views!r}")
+    check_params({"seed": seed, "device": device, "batch_size": batch_size})
+    dev = torch.device(resolve_device(device))
+    precision = resolve_precision(precision, dev)
+    teacher.to(dev).eval()
+    _check_outputs(teacher, data, dev, "teacher")
+    images = _tensor_digest([data.train.images])
+    fingerprint = _tensor_digest(
+        [data.train.images, torch.tensor([views, seed]), *teacher.state_dict().values()]
+    )
+    name = getattr(teacher, "kdbook_name", type(teacher).__name__)
+    if path is not None and Path(path).is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if blob.get("fingerprint") == fingerprint:
+                print(f"teacher cache: loaded {path}")
+                return LogitCache(**blob)
+            print(f"teacher cache: {path} is stale (other images, teacher or views); recomputing")
+        except Exception as e:  # a damaged or foreign file is recomputed
+            print(f"teacher cache: {path} is not readable ({e}); recomputing")
+    generator = torch.Generator().manual_seed(seed)
+    n = len(data.train)
+    params = (
+        torch.stack([data.augment.sample(n, generator) for _ in range(views)]) if views else None
+    )
+    logits = torch.empty(max(1, views), n, data.num_classes)
+    batches = [(v, b) for v in range(max(1, views)) for b in torch.arange(n).split(batch_size)]
+    source = data.train.images.to(dev)
+    for v, b in tqdm(batches, desc="teacher logits", disable=not progress):
+        x = source[b.to(dev)]
+        if params is not None:
+            x = data.augment.apply(x, params[v, b])
+        with autocast(precision, dev):
+            logits[v, b] = teacher(data.normalize(x)).float().cpu()
+    cache = LogitCache(logits, params, images, fingerprint, name)
+    if path is not None:
+        atomic_write(path, lambda f: torch.save(cache.to_dict(), f))
+    return cache
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
     *,
-    teacher: nn.Module | Sequence[nn.Module] | None = None,
+    teacher: nn.Module | Sequence[nn.Module] | LogitCache | None = None,
     num_epochs: int = 30,
     lr: float = 0.05,
     batch_size: int = 64,
@@ -263,6 +507,11 @@ def fit(
     feature_weight: float | Callable[[float], float] = 0.0,
     max_grad_norm: float | None = None,
     augment: bool = True,
+    teacher_augment: Augment | None = None,
+    freeze_head: float = 0.0,
+    precision: str = "auto",
+    accumulation_steps: int = 1,
+    channels_last: bool | None = None,
     device: str = "cpu",
     seed: int = 0,
     checkpoint: str | Path | None = None,
@@ -291,6 +540,30 @@ def fit(
     with the logits, and adds ``feature_weight * feature_loss`` to the KD loss. The feature
     loss's parameters (its adapter) train with the model's, in the same optimizer, and are
     saved in the checkpoint. It needs exactly one teacher.
+
+    The teacher may also be a :class:`LogitCache` (:func:`cache_teacher_logits`): its logits,
+    computed once, are looked up by sample index instead of running the teacher every step.
+    A cache of the plain images trains without augmentation; a cache of stored views shows
+    the student, in epoch ``e``, exactly the view ``e mod views`` the teacher saw.
+
+    Split augmentation (source 5): with ``teacher_augment`` (an :class:`kdbook.data.Augment`),
+    the teacher sees the student's (light) view further augmented by it (a strong view).
+    ``freeze_head``: for this first fraction of training the student's classifier
+    (``model.head``) is not updated (source 5's stage 1: align the features, head frozen).
+
+    Speed (the same loop on every device): on a GPU the uint8 data sit on the device and
+    each batch is augmented there (:class:`kdbook.data.Loader`); ``precision="auto"`` is
+    bf16 autocast there (fp16 with ``torch.amp.GradScaler`` on GPUs without bf16) and fp32
+    on CPUs; ``channels_last`` defaults to on for GPUs; the optimizer is the fused kernel on
+    GPUs. The loss is always computed in fp32 on fp32 teacher logits.
+    ``accumulation_steps`` splits each batch into that many chunks whose gradients add up
+    to the batch's (less memory, the same recipe: exact for models without BatchNorm).
+
+    Under ``torchrun`` (a process group initialised, see ``kdbook train``) the student is
+    wrapped in DistributedDataParallel: every rank draws the same global batch of
+    ``batch_size`` and trains on its slice, the gradients are averaged, BatchNorm is
+    synchronised on GPUs (per rank on CPUs, rank 0's statistics kept), the metrics are
+    summed over ranks, and only rank 0 shows progress and writes the checkpoint.
 
     Every argument is checked before any work, and one forward pass in eval mode checks that
     ``model`` (and ``teacher``) output ``data.num_classes`` scores.
@@ -321,6 +594,11 @@ def fit(
         max_grad_norm: clip the gradient's global norm to this before each step (source 2's
             remedy for unstable steps), or None for no clipping.
         augment: apply the data set's training augmentation.
+        teacher_augment: a stronger augmentation for the teacher's view, or None.
+        freeze_head: fraction of training (0 to 1) before the head starts to learn.
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only).
+        accumulation_steps: chunks per batch, their gradients accumulated before the step.
+        channels_last: NHWC memory format (default: on GPUs).
         device: ``"cpu"``, ``"cuda"``, ``"auto"``...
         seed: seeds shuffling, augmentation and dropout.
         checkpoint: the file to save the model in, with metadata, after every epoch.
@@ -333,7 +611,8 @@ def fit(
         learning rate, seconds; with a teacher, the teacher-student KL at T; with a schedule,
         the mean scheduled value; with a feature loss, its mean (unweighted) and weight.
     """
-    teachers = _as_teachers(teacher)
+    cache = teacher if isinstance(teacher, LogitCache) else None
+    teachers = [] if cache is not None else _as_teachers(teacher)
     if max_grad_norm is not None and not (
         isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0
     ):
@@ -353,9 +632,31 @@ def fit(
             "device": device,
         },
     )
+    if not (isinstance(accumulation_steps, int) and 1 <= accumulation_steps <= batch_size):
+        raise ValueError(
+            f"accumulation_steps must be an integer in [1, batch_size={batch_size}], "
+            f"got {accumulation_steps!r}"
+        )
+    if not (isinstance(freeze_head, int | float) and 0 <= freeze_head < 1):
+        raise ValueError(
+            f"freeze_head must be a fraction of training in [0, 1), got {freeze_head!r}"
+        )
+    if freeze_head and not isinstance(getattr(model, "head", None), nn.Module):
+        raise ValueError(
+            "freeze_head needs model.head (the kdbook models' classifier); this one has none"
+        )
+    if teacher_augment is not None and not isinstance(teacher_augment, Augment):
+        kind = type(teacher_augment).__name__
+        raise TypeError(f"teacher_augment must be a kdbook.data.Augment or None, got {kind}")
+    if teacher_augment is not None and not (teachers or cache):
+        raise ValueError("teacher_augment needs a teacher, got teacher=None")
+    dev = torch.device(resolve_device(device))
+    precision = resolve_precision(precision, dev)
+    if cache is not None:
+        _check_cache(cache, data, feature_loss, teacher_augment)
     teacher_weights = _check_teacher_weights(teacher_weights, teachers)
     _check_feature_args(feature_loss, feature_weight, teachers)
-    dev = torch.device(resolve_device(device))
+    rank, world = world_info()
     model.to(dev)
     _check_outputs(model, data, dev, "model")
     for t in teachers:
@@ -364,10 +665,21 @@ def fit(
     if feature_loss is not None:
         feature_loss.to(dev)
         _check_features(model, teachers[0], feature_loss, data, dev)
+    if channels_last is None:
+        channels_last = dev.type == "cuda"
+    if channels_last:
+        for net in (model, *teachers):
+            net.to(memory_format=torch.channels_last)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(seed)
     train = data.train
-    if not teachers:
+    if not (teachers or cache):
         train = train.subset(train.labels != UNLABELED)
+    if cache is not None and cache.views is None and augment:
+        if rank == 0:
+            print("teacher cache holds the plain images' logits: training without augmentation")
+        augment = False
     # An epoch is as many steps as one pass over the whole training set, labelled or not,
     # so that a student that sees only the labelled few gets as many updates as the rest.
     loader = Loader(
@@ -375,39 +687,67 @@ def fit(
         train,
         batch_size,
         shuffle=True,
-        augment=augment,
+        augment=augment and cache is None,
         device=dev,
         seed=seed,
         num_batches=math.ceil(len(data.train) / batch_size),
+        shard=(rank, world),
     )
-    params = list(model.parameters())
-    if feature_loss is not None:
-        params += list(feature_loss.parameters())
-    opt = _make_optimizer(params, optimizer, lr, weight_decay, momentum)
+    student = _Student(model, feature_loss)
+    if world > 1:
+        student = _data_parallel(student, dev)
+    opt = _make_optimizer(
+        list(student.parameters()), optimizer, lr, weight_decay, momentum, dev.type == "cuda"
+    )
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     total_steps = num_epochs * len(loader)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     names = [getattr(t, "kdbook_name", None) for t in teachers]
+    distilling = bool(teachers) or cache is not None
+    if cache is not None:
+        names = [f"cache:{cache.teacher}"]
     history = History(
         settings={
             "model": getattr(model, "kdbook_name", type(model).__name__),
-            "teacher": (names[0] if len(names) == 1 else names) if teachers else None,
+            "teacher": (names[0] if len(names) == 1 else names) if distilling else None,
             "dataset": data.name,
             "num_epochs": num_epochs,
             "lr": lr,
             "batch_size": batch_size,
             "optimizer": optimizer,
-            "temperature": _setting(temperature) if teachers else None,
-            "alpha": _setting(alpha) if teachers else None,
+            "temperature": _setting(temperature) if distilling else None,
+            "alpha": _setting(alpha) if distilling else None,
             "seed": seed,
             "train_samples": len(train),
             "teacher_weights": teacher_weights,
             "feature_loss": _setting(feature_loss),
             "feature_weight": _setting(feature_weight) if feature_loss is not None else None,
             "max_grad_norm": max_grad_norm,
+            "augment": bool(augment),
+            "teacher_augment": _setting(teacher_augment),
+            "freeze_head": freeze_head,
+            "precision": precision,
+            "accumulation_steps": accumulation_steps,
+            "world_size": world,
         }
     )
     fingerprint = _fingerprint(data, teachers)
-    run = _Run(checkpoint, model, data, history, opt, sched, loader, dev, fingerprint, feature_loss)
+    if cache is not None:
+        fingerprint["teacher"] = cache.fingerprint
+    run = _Run(
+        checkpoint,
+        model,
+        data,
+        history,
+        opt,
+        sched,
+        loader,
+        dev,
+        fingerprint,
+        feature_loss,
+        scaler,
+        rank,
+    )
     done = run.restore() if checkpoint is not None and resume is not False else 0
     if done == num_epochs:
         model.eval()
@@ -415,84 +755,114 @@ def fit(
     epochs = tqdm(
         range(done + 1, num_epochs + 1),
         desc=desc or "train",
-        disable=not progress,
+        disable=not progress or rank != 0,
         total=num_epochs,
         initial=done,
     )
     scheduled = {
         name: value
         for name, value in (("temperature", temperature), ("alpha", alpha))
-        if teachers and callable(value)
+        if distilling and callable(value)
     }
     if feature_loss is not None:
         scheduled["feature_weight"] = feature_weight
+    head = list(model.head.parameters()) if freeze_head else []
+    cached_logits = None if cache is None else cache.logits.to(dev)
     for epoch in epochs:
         start = time.perf_counter()
-        model.train()
-        if feature_loss is not None:
-            feature_loss.train()
+        student.train()
+        view = 0
+        if cache is not None and cache.views is not None:
+            view = (epoch - 1) % len(cache.views)
+            loader.replay = cache.views[view]
         step = (epoch - 1) * len(loader)
-        loss_sum, kl_sum, feature_sum, correct, seen, seen_labelled = 0.0, 0.0, 0.0, 0, 0, 0
+        # loss, KL, feature loss, correct, seen, seen labelled: summed, reduced across ranks
+        sums = torch.zeros(6, dtype=torch.float64)
         used = dict.fromkeys(scheduled, 0.0)
-        for x, y, _ in loader:
+        for x, y, idx in loader:
             progress_now = step / total_steps
             t_now = value_at(temperature, progress_now)
-            if feature_loss is None:
-                logits = model(x)
-            else:
-                features = model.forward_features(x)
-                logits = model.forward_head(features)
-            if not teachers:
-                loss = F.cross_entropy(logits, y)
-            else:
-                with torch.no_grad():
-                    if feature_loss is not None:
-                        teacher_features = teachers[0].forward_features(x)
-                        teacher_logits = teachers[0].forward_head(teacher_features)
-                    elif len(teachers) == 1:
-                        teacher_logits = teachers[0](x)
-                    else:
-                        outputs = [t(x) for t in teachers]
-                        teacher_logits = ensemble_logits(outputs, t_now, teacher_weights)
-                loss = kd_loss(logits, teacher_logits, y, t_now, value_at(alpha, progress_now))
-                kl_sum += _kl(logits.detach(), teacher_logits, t_now) * len(y)
-            if feature_loss is not None:
-                hint = feature_loss(features, teacher_features)
-                loss = loss + value_at(feature_weight, progress_now) * hint
-                feature_sum += hint.item() * len(y)
+            a_now = value_at(alpha, progress_now)
+            w_now = value_at(feature_weight, progress_now) if feature_loss is not None else 0.0
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            chunks = list(
+                zip(*(t.tensor_split(accumulation_steps) for t in (x, y, idx)), strict=True)
+            )
+            chunks = [c for c in chunks if len(c[1])]
+            opt.zero_grad(set_to_none=True)
+            for i, (xc, yc, ic) in enumerate(chunks):
+                # Each chunk's mean loss, weighted by its share of the global batch (times the
+                # ranks, which DDP averages over): the gradients sum to the global batch's.
+                share = len(yc) * world / loader.global_size
+                sync = i == len(chunks) - 1 or world == 1
+                with nullcontext() if sync else student.no_sync():
+                    with autocast(precision, dev):
+                        teacher_logits = teacher_features = None
+                        if cache is not None:
+                            teacher_logits = cached_logits[view][ic]
+                        elif teachers:
+                            xt = (
+                                xc
+                                if teacher_augment is None
+                                else teacher_augment(xc, run.teacher_views)
+                            )
+                            teacher_logits, teacher_features = _teach(
+                                teachers, xt, t_now, teacher_weights, feature_loss is not None
+                            )
+                        logits, hint = student(xc, teacher_features)
+                        logits = logits.float()
+                        if teacher_logits is None:
+                            loss = F.cross_entropy(logits, yc)
+                        else:
+                            loss = kd_loss(logits, teacher_logits, yc, t_now, a_now)
+                        if hint is not None:
+                            loss = loss + w_now * hint.float()
+                    scaler.scale(loss * share).backward()
+                labelled = yc != UNLABELED
+                n = len(yc)
+                sums[0] += loss.item() * n
+                if teacher_logits is not None:
+                    sums[1] += _kl(logits.detach(), teacher_logits, t_now) * n
+                if hint is not None:
+                    sums[2] += hint.item() * n
+                sums[3] += (logits.argmax(1)[labelled] == yc[labelled]).sum().item()
+                sums[4] += n
+                sums[5] += int(labelled.sum())
             for name, value in scheduled.items():
                 used[name] += value_at(value, progress_now)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if progress_now < freeze_head:
+                for p in head:
+                    p.grad = None
             if max_grad_norm is not None:
+                scaler.unscale_(opt)
                 params = [p for group in opt.param_groups for p in group["params"]]
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             step += 1
-            labelled = y != UNLABELED
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1)[labelled] == y[labelled]).sum().item()
-            seen += len(y)
-            seen_labelled += int(labelled.sum())
-        val_loss, val_acc = _evaluate(model, data, data.val, dev)
+        if world > 1:
+            sums = _all_reduce(sums, dev)
+            _broadcast_buffers(model)
+        val_loss, val_acc = _evaluate(model, data, data.val, dev, precision, (rank, world))
         record = {
             "epoch": epoch,
             "lr": sched.get_last_lr()[0],
-            "train_loss": loss_sum / seen,
-            "train_acc": 100.0 * correct / max(1, seen_labelled),
+            "train_loss": sums[0].item() / sums[4].item(),
+            "train_acc": 100.0 * sums[3].item() / max(1.0, sums[5].item()),
             "val_loss": val_loss,
             "val_acc": val_acc,
             "seconds": time.perf_counter() - start,
         }
-        if teachers:
-            record["kl"] = kl_sum / seen
+        if distilling:
+            record["kl"] = sums[1].item() / sums[4].item()
         if feature_loss is not None:
-            record["feature_loss"] = feature_sum / seen
+            record["feature_loss"] = sums[2].item() / sums[4].item()
         record |= {name: total / len(loader) for name, total in used.items()}
         history.epochs.append(record)
         epochs.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{val_acc:.1f}")
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             run.save(finished=epoch == num_epochs)
     model.eval()
     if feature_loss is not None:
@@ -514,6 +884,17 @@ class _Run:
     device: torch.device
     fingerprint: dict[str, str | None]
     feature_loss: nn.Module | None = None  # its parameters (an adapter) are saved with the run
+    scaler: torch.amp.GradScaler | None = None
+    rank: int = 0
+    teacher_views: torch.Generator = field(default_factory=torch.Generator)
+
+    def __post_init__(self) -> None:
+        seed = self.history.settings["seed"]
+        self.teacher_views.manual_seed(seed + 1_000_003 * (self.rank + 1))
+
+    def say(self, message: str) -> None:
+        if self.rank == 0:
+            print(message)
 
     def save(self, finished: bool) -> None:
         run: dict[str, Any] = {
@@ -527,11 +908,17 @@ class _Run:
                 k: v.detach().cpu() for k, v in self.feature_loss.state_dict().items()
             }
         if not finished:  # what continuing needs; a finished run keeps only its result
-            rng = {"torch": torch.get_rng_state(), "loader": self.loader.generator.get_state()}
+            rng = {
+                "torch": torch.get_rng_state(),
+                "loader": self.loader.generator.get_state(),
+                "teacher_views": self.teacher_views.get_state(),
+            }
             if self.device.type == "cuda":
                 rng["cuda"] = torch.cuda.get_rng_state(self.device)
             run["optimizer"] = self.opt.state_dict()
             run["scheduler"] = self.sched.state_dict()
+            if self.scaler is not None and self.scaler.is_enabled():
+                run["scaler"] = self.scaler.state_dict()
             run["rng"] = rng
         _save(self.path, self.model, self.data, self.history, run)
 
@@ -556,23 +943,27 @@ class _Run:
             if not run["finished"]:  # load nothing until every check has passed
                 self.opt.load_state_dict(run["optimizer"])
                 self.sched.load_state_dict(run["scheduler"])
+                if "scaler" in run and self.scaler is not None:
+                    self.scaler.load_state_dict(run["scaler"])
             self.model.load_state_dict(blob["state_dict"])
             if self.feature_loss is not None:
                 self.feature_loss.load_state_dict(run["feature_loss"])
         except (ValueError, RuntimeError, KeyError) as e:
-            print(f"checkpoint {path}: not resuming ({e}); training from epoch 1")
+            self.say(f"checkpoint {path}: not resuming ({e}); training from epoch 1")
             return 0
         self.history.epochs[:] = run["history"]
         done = run["epoch"]
         if run["finished"]:
-            print(f"checkpoint {path}: this run already finished ({done} epochs); not training")
+            self.say(f"checkpoint {path}: this run already finished ({done} epochs); not training")
             return done
         torch.set_rng_state(run["rng"]["torch"])
         self.loader.generator.set_state(run["rng"]["loader"])
+        if "teacher_views" in run["rng"]:
+            self.teacher_views.set_state(run["rng"]["teacher_views"])
         if self.device.type == "cuda" and "cuda" in run["rng"]:
             torch.cuda.set_rng_state(run["rng"]["cuda"], self.device)
         total = self.history.settings["num_epochs"]
-        print(f"checkpoint {path}: resuming after epoch {done} of {total}")
+        self.say(f"checkpoint {path}: resuming after epoch {done} of {total}")
         return done
 
 
@@ -878,7 +1269,8 @@ def mutual_learning(
     by epoch, and each epoch is its own ``fit`` call: its optimizer state (momentum) starts
     afresh and its cosine learning rate runs from that epoch's peak to 0 (warm restarts
     whose peaks follow a cosine from ``lr`` over ``num_epochs``). The shuffling seed is
-    ``seed + epoch``.
+    ``seed + epoch``. Each record's ``seconds`` is the whole turn, set-up included, so that
+    time ratios against one ``fit`` count what this approximation costs.
 
     Returns:
         The two histories, one record per epoch each (epochs numbered 1..num_epochs).
@@ -891,6 +1283,7 @@ def mutual_learning(
             (model_a, model_b, histories[0]),
             (model_b, model_a, histories[1]),
         ):
+            start = time.perf_counter()
             turn = fit(
                 model,
                 data,
@@ -904,5 +1297,7 @@ def mutual_learning(
                 **fit_kwargs,
             )
             history.settings |= turn.settings | {"lr": lr, "num_epochs": num_epochs, "seed": seed}
-            history.epochs.append({**turn.final, "epoch": epoch})
+            # the whole turn, set-up included (a fresh optimizer and checks every epoch)
+            seconds = time.perf_counter() - start
+            history.epochs.append({**turn.final, "epoch": epoch, "seconds": seconds})
     return histories
