@@ -19,6 +19,7 @@ examples:
   kdbook params 05_distillation
   kdbook sweep 05 --grid temperature=1,2,4,8 --grid alpha=0.5,0.9 --seeds 3 --out runs/sweep
   kdbook bench                                  the sources' training loop against kdbook's
+  kdbook train --teacher runs/t/teacher.pt --out runs/t/kd.pt   one training (torchrun too)
 
 Run `kdbook COMMAND --help` for the options of one command.
 """
@@ -65,6 +66,22 @@ teacher every step), kdbook (kdbook.data.Loader: tensors prepared once, batched
 augmentation), kdbook + cached logits (the teacher's logits computed once; the same recipe
 only without augmentation, and the table says when it is not). Same data, models, loss,
 optimizer and batch size in all three. Exit status: 0 ok, 2 bad input.
+"""
+
+TRAIN_EPILOG = """\
+examples:
+  kdbook train --model teacher --out runs/t/teacher.pt          the preset's teacher
+  kdbook train --teacher runs/t/teacher.pt --out runs/t/kd.pt   the preset's student, distilled
+  kdbook train --out runs/t/alone.pt                            the student alone
+  kdbook train -p preset cifar10 -p num_epochs 30 --model teacher --out runs/c/teacher.pt
+  torchrun --standalone --nproc-per-node 2 -m kdbook train --teacher T.pt --out kd.pt
+
+One fit() call (kdbook.train.fit), the same under torchrun: there every process takes its
+slice of each global batch of batch_size (DistributedDataParallel, NCCL on GPUs, gloo on
+CPUs), and only rank 0 prints and writes. OUT gets the checkpoint (rewritten every epoch,
+so rerunning the command resumes an interrupted run) and OUT.json the history and the test
+accuracy. -p takes the book's shared parameters (kdbook params). Exit status: 0 ok,
+2 bad input (nothing was trained).
 """
 
 PARAMS_EPILOG = """\
@@ -222,6 +239,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge", nargs="+", metavar="DIR", help="merge these sweep folders' tables into --out"
     )
     sweep.add_argument("--out", metavar="DIR", help="sweep folder (with --merge: the CSV file)")
+    train = sub.add_parser(
+        "train",
+        help="train one model with fit(): teacher, student alone or distilled (torchrun too)",
+        description="Train one model with kdbook.train.fit on the preset's data and save "
+        "its checkpoint; under torchrun, as DistributedDataParallel.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=fmt,
+    )
+    train.add_argument(
+        "--model",
+        default="student",
+        metavar="NAME",
+        help="'student' or 'teacher' (the preset's) or a registered model name (default: student)",
+    )
+    train.add_argument(
+        "--teacher", metavar="CKPT", help="a teacher checkpoint to distil from (default: none)"
+    )
+    _add_parameter_option(train, "a shared parameter (preset, dataset, num_epochs, lr, ...)")
+    train.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast precision (default auto: bf16 on GPUs, fp32 on CPUs)",
+    )
+    train.add_argument(
+        "--accumulation-steps",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split each batch into N chunks, gradients accumulated (default 1)",
+    )
+    train.add_argument(
+        "--label-fraction",
+        type=float,
+        metavar="F",
+        help="keep this fraction of the training labels (default: all)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--out", required=True, metavar="FILE.pt", help="the checkpoint to write")
     bench = sub.add_parser(
         "bench",
         help="time the sources' training loop against kdbook's (images/s, memory, ratio)",
@@ -400,6 +456,119 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_PARAMETERS = (
+    "preset",
+    "dataset",
+    "seed",
+    "teacher",
+    "student",
+    "temperature",
+    "alpha",
+    "num_epochs",
+    "lr",
+    "batch_size",
+    "device",
+)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from kdbook.config import make_config
+    from kdbook.data import check_available, load_dataset
+    from kdbook.evaluate import accuracy, predict
+    from kdbook.io import write_json
+    from kdbook.models import build_model, list_models
+    from kdbook.train import fit, load_checkpoint
+
+    params = {name: parse_value(value) for name, value in args.parameters}
+    unknown = sorted(set(params) - set(TRAIN_PARAMETERS))
+    if unknown:
+        raise ValueError(
+            f"parameter {unknown[0]!r} is not one kdbook train takes; accepted: "
+            f"{', '.join(TRAIN_PARAMETERS)}"
+        )
+    cfg = make_config(**params)
+    name = {"student": cfg.student, "teacher": cfg.teacher}.get(args.model, args.model)
+    if name not in list_models():
+        raise ValueError(
+            f"--model must be 'student', 'teacher' or one of {list_models()}, got {name!r}"
+        )
+    out = Path(args.out)
+    if out.suffix != ".pt":
+        raise ValueError(f"--out must name a .pt file, got {args.out!r}")
+    if args.teacher is not None and not Path(args.teacher).is_file():
+        raise FileNotFoundError(f"--teacher checkpoint {args.teacher} does not exist")
+    check_available(cfg.dataset)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = cfg.device
+    if world > 1:  # launched by torchrun: one process per device (or CPU slice)
+        import torch.distributed as dist
+
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        if use_cuda:
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        data = load_dataset(cfg.dataset)
+        if args.label_fraction is not None:
+            data = data.with_label_fraction(args.label_fraction, seed=cfg.seed)
+        teacher = None
+        if args.teacher is not None:
+            teacher = load_checkpoint(args.teacher, data)[0]
+        torch.manual_seed(cfg.seed)
+        model = build_model(
+            name, data.num_classes, in_channels=data.in_channels, image_size=data.image_size
+        )
+        if rank == 0:
+            role = f"distilled from {args.teacher}" if teacher is not None else "alone"
+            print(f"train: {name} {role} on {data.name}, {world} process(es), device {device}")
+        history = fit(
+            model,
+            data,
+            teacher=teacher,
+            num_epochs=cfg.num_epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            temperature=cfg.temperature,
+            alpha=cfg.alpha,
+            precision=args.precision,
+            accumulation_steps=args.accumulation_steps,
+            device=device,
+            seed=cfg.seed,
+            checkpoint=out,
+            progress=not args.no_progress,
+            desc=f"train {name}",
+        )
+        if rank == 0:
+            test_acc = accuracy(predict(model, data, "test", device), data.test.labels)
+            report = {
+                "model": name,
+                "teacher": args.teacher,
+                "config": cfg.as_dict(),
+                "settings": history.settings,
+                "epochs": history.epochs,
+                "test_acc": test_acc,
+            }
+            json_path = write_json(out.with_suffix(".json"), report)
+            final = history.final
+            print(
+                f"train: {history.settings['num_epochs']} epochs, val {final['val_acc']:.2f}%, "
+                f"test {test_acc:.2f}%; saved {_show(out)} and {_show(json_path)}"
+            )
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0
+
+
 def _type_name(param: dict[str, Any]) -> str:
     """The annotated type, else the type of the default literal (``4.0`` -> ``float``)."""
     annotated = param.get("inferred_type_name")
@@ -434,6 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep": _cmd_sweep,
         "doctor": _cmd_doctor,
         "bench": _cmd_bench,
+        "train": _cmd_train,
     }[args.command]
     try:
         return command(args)

@@ -1,0 +1,90 @@
+"""``kdbook train``, alone and under torchrun: two gloo processes train what one process does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdbook.cli import main
+from kdbook.data import load_dataset
+from kdbook.models import build_model
+from kdbook.train import save_checkpoint
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def kdbook_train(*args: str, nproc: int = 1, cwd: Path) -> subprocess.CompletedProcess:
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd = [*launcher, "-m", "kdbook", "train", "--no-progress", *args]
+    done = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> Path:
+    """An (untrained) digits teacher checkpoint: distilling from it exercises every path."""
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    teacher = build_model("digits_teacher", 10, in_channels=1, image_size=8)
+    return save_checkpoint(tmp_path_factory.mktemp("t") / "teacher.pt", teacher, data)
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, teacher_file) -> None:
+    # vit_tiny: no BatchNorm, no dropout, so the only difference is float summation order.
+    common = ["--model", "vit_tiny", "--teacher", str(teacher_file), "-p", "num_epochs", "2"]
+    single = kdbook_train(*common, "--out", "one.pt", cwd=tmp_path)
+    ddp = kdbook_train(*common, "--out", "two.pt", nproc=2, cwd=tmp_path)
+    # only rank 0 speaks and writes
+    assert ddp.stdout.count("train: vit_tiny distilled") == 1, ddp.stdout
+    assert "2 process(es)" in ddp.stdout and "1 process(es)" in single.stdout
+    one = torch.load(tmp_path / "one.pt", weights_only=True)["state_dict"]
+    two = torch.load(tmp_path / "two.pt", weights_only=True)["state_dict"]
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+    r1 = json.loads((tmp_path / "one.json").read_text())
+    r2 = json.loads((tmp_path / "two.json").read_text())
+    assert (r1["settings"]["world_size"], r2["settings"]["world_size"]) == (1, 2)
+    for e1, e2 in zip(r1["epochs"], r2["epochs"], strict=True):
+        assert e1["val_acc"] == pytest.approx(e2["val_acc"], abs=1e-9)  # metrics summed over ranks
+        assert e1["train_loss"] == pytest.approx(e2["train_loss"], rel=1e-5)
+        assert e1["kl"] == pytest.approx(e2["kl"], rel=1e-4)
+    assert r1["test_acc"] == pytest.approx(r2["test_acc"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "one.pt", "two.json", "two.pt"]
+
+
+def test_train_resumes_a_finished_run_without_training(tmp_path, capsys) -> None:
+    args = ["train", "--no-progress", "-p", "num_epochs", "1", "--out", str(tmp_path / "s.pt")]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "s.json").read_text())
+    assert main(args) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["epochs"] == first["epochs"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "momentum", "0.5"], "parameter 'momentum' is not one kdbook train takes"),
+        (["-p", "num_epochs", "0"], "num_epochs must be an integer >= 1, got 0"),
+        (["--model", "resnet1000"], "--model must be 'student', 'teacher' or one of"),
+        (["--out", "model.pth"], "--out must name a .pt file"),
+        (["--teacher", "missing.pt"], "--teacher checkpoint missing.pt does not exist"),
+        (["--accumulation-steps", "0"], "accumulation_steps must be an integer in"),
+        (["--precision", "fp16"], "precision='fp16' needs a CUDA device"),
+    ],
+)
+def test_train_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch, args, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = [] if "--out" in args else ["--out", "x.pt"]
+    assert main(["train", "--no-progress", *args, *out]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())  # nothing half-written
