@@ -57,7 +57,12 @@ def test_two_gloo_processes_match_one_process(tmp_path, teacher_file) -> None:
         assert e1["train_loss"] == pytest.approx(e2["train_loss"], rel=1e-5)
         assert e1["kl"] == pytest.approx(e2["kl"], rel=1e-4)
     assert r1["test_acc"] == pytest.approx(r2["test_acc"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "one.pt", "two.json", "two.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "one.json",
+        "one.pt",
+        "two.json",
+        "two.pt",
+    ]
 
 
 def test_train_resumes_a_finished_run_without_training(tmp_path, capsys) -> None:

@@ -133,7 +133,9 @@ def test_views_cache_replays_exactly_the_views_the_teacher_saw(digits, teacher) 
     fit(student, digits, teacher=cache, num_epochs=3, batch_size=64, progress=False)
     seen = student.inputs
     assert len(seen) == 3 * loader_len
-    views = [digits.normalize(digits.augment.apply(digits.train.images, cache.views[v])) for v in (0, 1)]
+    views = [
+        digits.normalize(digits.augment.apply(digits.train.images, cache.views[v])) for v in (0, 1)
+    ]
     for epoch, view in ((0, views[0]), (1, views[1]), (2, views[0])):
         batch = seen[epoch * loader_len]
         # every image of the batch is one of the stored views of some sample
