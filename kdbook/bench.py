@@ -9,12 +9,19 @@ loss (:func:`kdbook.losses.kd_loss`), optimizer and batch size on the same data:
   flips, ``ToTensor``, ``Normalize``); fp32; the teacher's forward pass every step (in eval
   mode under ``no_grad``, as source 1 does: source 3's missing ``no_grad``, bug 4, would
   make this path slower still).
-- ``kdbook``: :class:`kdbook.data.Loader`, tensors prepared once (on the device), the same
-  augmentation done on the whole batch; the teacher's forward pass every step.
-- ``kdbook + cached logits``: the teacher's logits computed once per training sample and
-  looked up by the Loader's sample indices. A cache is *valid* only when the student sees
-  exactly the images the teacher saw, that is without augmentation: with augmentation on,
-  this path trains without it, which is a different recipe, and the result says so.
+- ``kdbook``: :func:`kdbook.train.fit`'s path. :class:`kdbook.data.Loader` with the
+  tensors prepared once (resident on the device as uint8), the same augmentation done on
+  the whole batch; on a GPU bf16 autocast, channels_last and the fused optimizer (on a CPU
+  fp32, as fit's ``precision="auto"``); the teacher's forward pass every step.
+- ``kdbook + cached logits``: the same, with the teacher's logits computed once per
+  training sample (:func:`kdbook.train.cache_teacher_logits`) and looked up by the Loader's
+  sample indices. The cache is valid because the student sees exactly the images the
+  teacher saw: the plain images without augmentation, or, with augmentation, a stored
+  augmented view of each image replayed to the student (one view here; ``fit`` cycles
+  through k stored views, one per epoch).
+
+A fourth line times the teacher trained alone (cross-entropy) on kdbook's path: the
+teacher's training throughput (no ratio: it is not a distillation path).
 
 The process is warmed up once before anything is timed (kernel selection, allocator).
 Then, in each of ``repeats`` rounds, the paths take turns: each trains a fresh copy of the
@@ -45,13 +52,14 @@ from torch import nn
 
 from kdbook.config import PRESETS, resolve_device
 from kdbook.data import CIFAR10_MEAN, CIFAR10_STD, Augment, Dataset, Loader, Split, load_dataset
-from kdbook.evaluate import predict
 from kdbook.io import write_json
 from kdbook.losses import kd_loss
 from kdbook.models import build_model
+from kdbook.train import autocast, cache_teacher_logits, make_optimizer, resolve_precision
 
 BENCH_PRESETS = ("classroom", "cifar10")
 SEED_STYLE, KDBOOK, CACHED = "seed-style", "kdbook", "kdbook + cached logits"
+TEACHER_ALONE = "teacher alone (kdbook)"
 DEFAULT_STEPS, DEFAULT_WARMUP, DEFAULT_REPEATS = 100, 5, 3
 SMOKE_STEPS, SMOKE_WARMUP, SMOKE_SYNTHETIC_SIZE = 3, 1, 512
 TEMPERATURE, ALPHA = 4.0, 0.7  # source 1's
@@ -207,6 +215,7 @@ class BenchResult:
 
     settings: dict[str, Any]
     paths: list[PathResult]
+    teacher_alone: PathResult | None = None  # the teacher's training throughput
 
     def path(self, name: str) -> PathResult:
         """The result of the path called ``name`` (``SEED_STYLE``, ``KDBOOK``, ``CACHED``)."""
@@ -223,7 +232,12 @@ class BenchResult:
             row.pop("losses")
             row["images_per_s"] = p.images_per_s
             rows.append(row)
-        return {"settings": self.settings, "paths": rows}
+        teacher = None
+        if self.teacher_alone is not None:
+            teacher = asdict(self.teacher_alone)
+            teacher.pop("losses")
+            teacher["images_per_s"] = self.teacher_alone.images_per_s
+        return {"settings": self.settings, "paths": rows, "teacher_alone": teacher}
 
     def table(self) -> str:
         """The settings and one line per path, as plain text."""
@@ -235,7 +249,8 @@ class BenchResult:
             f"teacher {s['teacher']}, student {s['student']}, batch {s['batch_size']}, "
             f"{s['repeats']} rounds of {s['steps']} timed steps after {s['warmup']} warm-up "
             f"(median round shown), augmentation "
-            f"{'on' if s['augment'] else 'off'}",
+            f"{'on' if s['augment'] else 'off'}; steps: seed-style {s['seed_style_step']}, "
+            f"kdbook {s['kdbook_step']}",
             f"device {s['device']} ({s['device_name']}), torch threads {s['threads']}, "
             f"loader workers (seed-style) {s['num_workers']}, load average "
             f"{s['load_average']}",
@@ -249,9 +264,15 @@ class BenchResult:
                 f"{p.name:<24} {p.images_per_s:>10.0f} {p.ratio:>6.1f}x {peak_text:>8}  "
                 f"{'yes' if p.valid else 'NO'}"
             )
+        t = self.teacher_alone
+        if t is not None:
+            peak = t.peak_device_mb if t.peak_device_mb is not None else t.peak_host_mb
+            peak_text = "n/a" if peak is None else f"{peak:.0f}"
+            lines.append(f"{t.name:<24} {t.images_per_s:>10.0f} {'-':>7} {peak_text:>8}  -")
         lines.append("")
         lines.append(f"peak MB: {s['memory_note']}")
-        lines += [f"{p.name}: {p.note}" for p in self.paths if p.note]
+        notes = [*self.paths, *([t] if t is not None else [])]
+        lines += [f"{p.name}: {p.note}" for p in notes if p.note]
         return "\n".join(lines)
 
 
@@ -324,15 +345,49 @@ def _maxrss_kb() -> int | None:
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # images, labels, teacher logits
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How a path runs its steps: the sources' fp32 defaults, or kdbook's fast path.
+
+    kdbook's path is :func:`kdbook.train.fit`'s: autocast at the device's precision
+    (bf16 on GPUs, fp32 on CPUs), channels_last and the fused optimizer on GPUs.
+    """
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    fused: bool = False
+
+    @staticmethod
+    def fast(device: torch.device) -> StepOptions:
+        gpu = device.type == "cuda"
+        return StepOptions(resolve_precision("auto", device), gpu, gpu)
+
+    def describe(self) -> str:
+        extras = [name for name in ("channels_last", "fused") if getattr(self, name)]
+        return " + ".join([self.precision, *extras])
+
+
 def _train_step(
-    student: nn.Module, opt: torch.optim.Optimizer, batch: Batch, teacher: nn.Module
+    student: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: Batch,
+    teacher: nn.Module | None,
+    options: StepOptions,
+    device: torch.device,
 ) -> torch.Tensor:
-    """One distillation step, the same in every path; returns the loss (not synchronised)."""
+    """One step, the same in every path: distillation, or cross-entropy without a teacher."""
     x, y, teacher_logits = batch
-    if teacher_logits is None:
-        with torch.no_grad():
-            teacher_logits = teacher(x)
-    loss = kd_loss(student(x), teacher_logits, y, TEMPERATURE, ALPHA)
+    if options.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(options.precision, device):
+        if teacher_logits is None and teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(x).float()
+        logits = student(x).float()
+    if teacher is None:
+        loss = torch.nn.functional.cross_entropy(logits, y)
+    else:
+        loss = kd_loss(logits, teacher_logits, y, TEMPERATURE, ALPHA)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -342,25 +397,27 @@ def _train_step(
 def _timed(
     batches: Iterator[Batch],
     student: nn.Module,
-    teacher: nn.Module,
+    teacher: nn.Module | None,
     lr: float,
     steps: int,
     warmup: int,
     device: torch.device,
+    options: StepOptions,
 ) -> tuple[int, float, list[float]]:
     """Train ``warmup`` untimed steps then ``steps`` timed ones; images, seconds, losses."""
-    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    if options.channels_last:
+        student.to(memory_format=torch.channels_last)
+    opt = make_optimizer(list(student.parameters()), "sgd", lr, 5e-4, 0.9, options.fused)
     student.train()
-    teacher.eval()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        _train_step(student, opt, next(batches), teacher)
+        _train_step(student, opt, next(batches), teacher, options, device)
     sync()
     images, losses = 0, []
     start = time.perf_counter()
     for _ in range(steps):
         batch = next(batches)  # fetching the batch is part of a step's cost
-        losses.append(_train_step(student, opt, batch, teacher))
+        losses.append(_train_step(student, opt, batch, teacher, options, device))
         images += len(batch[1])
     sync()
     seconds = time.perf_counter() - start
@@ -377,17 +434,6 @@ def _kdbook_batches(loader: Loader, cache: torch.Tensor | None = None):
     while True:
         for x, y, idx in loader:
             yield x, y, None if cache is None else cache[idx]
-
-
-def teacher_logit_cache(
-    teacher: nn.Module, data: Dataset, device: str | torch.device
-) -> torch.Tensor:
-    """The teacher's logits on every training image, in split order, on ``device``.
-
-    Index it with the sample indices :class:`kdbook.data.Loader` yields. Valid as the
-    teacher's targets only for un-augmented images.
-    """
-    return predict(teacher, data, data.train, str(device)).to(device)
 
 
 # --- the run --------------------------------------------------------------------------
@@ -480,48 +526,73 @@ def _run(
     initial = build_model(PRESETS[preset]["student"], data.num_classes, **shape)
     lr = PRESETS[preset]["lr"]
 
-    def measure(path: PathResult, batches: Iterator[Batch]) -> None:
-        student = copy.deepcopy(initial).to(dev)
+    seed_options, fast = StepOptions(), StepOptions.fast(dev)
+
+    def measure(
+        path: PathResult,
+        batches: Iterator[Batch],
+        options: StepOptions,
+        model: nn.Module = initial,
+        teacher: nn.Module | None = teacher,
+    ) -> None:
+        student = copy.deepcopy(model).to(dev)
         try:
             with _PeakMemory(dev, baseline) as peak:
-                images, seconds, losses = _timed(batches, student, teacher, lr, steps, warmup, dev)
+                images, seconds, losses = _timed(
+                    batches, student, teacher, lr, steps, warmup, dev, options
+                )
         finally:
             batches.close()  # stops the seed-style loader's worker processes now
         path.add_round(images, seconds, losses, peak)
 
-    def kdbook_loader(augmented: bool) -> Loader:
-        return Loader(
+    def kdbook_loader(augmented: bool, replay: torch.Tensor | None = None) -> Loader:
+        loader = Loader(
             data, data.train, batch_size, shuffle=True, augment=augmented, device=dev, seed=seed
         )
+        loader.replay = replay
+        return loader
 
     # Warm the process up once (kernel selection, allocator) with a throwaway student, so
     # that the first path measured does not pay for what the others then get for free.
     warm_student = copy.deepcopy(initial).to(dev)
-    _timed(_kdbook_batches(kdbook_loader(False)), warm_student, teacher, lr, 1, warmup, dev)
+    _timed(_kdbook_batches(kdbook_loader(False)), warm_student, teacher, lr, 1, warmup, dev, fast)
     del warm_student
 
+    # With augmentation, the cache holds the teacher's logits on one stored view of every
+    # image, replayed to the student: valid (the student sees what the teacher saw).
+    views = 1 if augment else 0
     start = time.perf_counter()
-    cache = teacher_logit_cache(teacher, data, dev)
+    cache = cache_teacher_logits(
+        teacher, data, views=views, seed=seed, device=str(dev), progress=False
+    )
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     cache_seconds = time.perf_counter() - start
-    note = f"teacher logits cached once in {cache_seconds:.2f} s (not in the timing)"
+    cached_logits = cache.logits[0].to(dev)
+    replay = None if cache.views is None else cache.views[0]
+    note = f"teacher logits cached once in {cache_seconds:.2f} s (not in the timing); valid: "
     if augment:
         note += (
-            "; NOT the same recipe: a cache is valid only without augmentation, so this "
-            "path trains on un-augmented images (rerun with augmentation off to compare "
-            "like with like)"
+            "the student is shown the stored augmented view the teacher's logits were "
+            "computed on (fit replays view e mod k of k stored views in epoch e)"
         )
     else:
-        note += "; valid: without augmentation the student sees exactly what the teacher saw"
+        note += "without augmentation the student sees exactly what the teacher saw"
     seed_loader = seed_style_loader(data, batch_size, num_workers=num_workers, augment=augment)
     results = [PathResult(SEED_STYLE, True), PathResult(KDBOOK, True)]
-    results.append(PathResult(CACHED, not augment, note))
+    results.append(PathResult(CACHED, True, note))
+    teacher_alone = PathResult(
+        TEACHER_ALONE,
+        False,
+        "the teacher trained alone (cross-entropy) on kdbook's path: the teacher's "
+        "training throughput, not a distillation path (no ratio)",
+    )
     for _ in range(repeats):  # the paths take turns, so that a burst of load hits them alike
         torch.manual_seed(seed)  # the DataLoader's shuffling and its transforms draw from it
-        measure(results[0], _seed_style_batches(seed_loader, dev))
-        measure(results[1], _kdbook_batches(kdbook_loader(augment)))
-        measure(results[2], _kdbook_batches(kdbook_loader(False), cache))
+        measure(results[0], _seed_style_batches(seed_loader, dev), seed_options)
+        measure(results[1], _kdbook_batches(kdbook_loader(augment)), fast)
+        measure(results[2], _kdbook_batches(kdbook_loader(False, replay), cached_logits), fast)
+        measure(teacher_alone, _kdbook_batches(kdbook_loader(augment)), fast, teacher, None)
 
     base = results[0].images_per_s
     for r in results:
@@ -539,8 +610,10 @@ def _run(
         "warmup": warmup,
         "repeats": repeats,
         "augment": augment,
-        "cache_valid": not augment,
+        "cache_views": views,
         "cache_seconds": cache_seconds,
+        "seed_style_step": seed_options.describe(),
+        "kdbook_step": fast.describe(),
         "num_workers": num_workers,
         "device": str(dev),
         "device_name": _device_name(dev),
@@ -550,7 +623,7 @@ def _run(
         "torch": torch.__version__,
         "memory_note": _memory_note(dev),
     }
-    return BenchResult(settings, results)
+    return BenchResult(settings, results, teacher_alone)
 
 
 def _device_name(dev: torch.device) -> str:

@@ -157,7 +157,7 @@ def _teach(
     return ensemble_logits(outputs, temperature, weights), None
 
 
-def _make_optimizer(
+def make_optimizer(
     params: list[nn.Parameter],
     name: str,
     lr: float,
@@ -696,7 +696,7 @@ def fit(
     student = _Student(model, feature_loss)
     if world > 1:
         student = _data_parallel(student, dev)
-    opt = _make_optimizer(
+    opt = make_optimizer(
         list(student.parameters()), optimizer, lr, weight_decay, momentum, dev.type == "cuda"
     )
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")

@@ -16,15 +16,16 @@ from kdbook.bench import (
     CACHED,
     KDBOOK,
     SEED_STYLE,
+    TEACHER_ALONE,
     PILDataset,
     run_bench,
     synthetic_cifar10,
-    teacher_logit_cache,
 )
 from kdbook.cli import main
 from kdbook.data import Loader
 from kdbook.losses import kd_loss
 from kdbook.models import build_model
+from kdbook.train import cache_teacher_logits
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -60,23 +61,30 @@ def test_smoke_bench_is_well_formed(smoke) -> None:
     assert "losses" not in smoke.to_dict()["paths"][0]
 
 
-def test_cache_is_flagged_invalid_with_augmentation(smoke) -> None:
-    assert smoke.settings["augment"] is True and smoke.settings["cache_valid"] is False
-    assert smoke.path(SEED_STYLE).valid and smoke.path(KDBOOK).valid
-    assert not smoke.path(CACHED).valid
-    assert "NOT the same recipe" in smoke.path(CACHED).note
+def test_cache_replays_the_teachers_view_with_augmentation(smoke) -> None:
+    s = smoke.settings
+    assert s["augment"] is True and s["cache_views"] == 1
+    assert all(p.valid for p in smoke.paths)
+    assert "stored augmented view" in smoke.path(CACHED).note
+    assert s["seed_style_step"] == "fp32" and s["kdbook_step"] == "fp32"  # on a CPU
     table = smoke.table()
-    assert (
-        "kdbook + cached logits" in table
-        and " NO" in table
-        and "same recipe" in table
-        and "SYNTHETIC" not in table
-    )
+    assert "kdbook + cached logits" in table and "same recipe" in table
+    assert "SYNTHETIC" not in table and " NO" not in table
+
+
+def test_teacher_alone_is_timed_apart_without_a_ratio(smoke) -> None:
+    t = smoke.teacher_alone
+    assert t.name == TEACHER_ALONE and t.images == 3 * 128 and t.images_per_s > 0
+    assert math.isnan(t.ratio) and not t.valid
+    assert all(math.isfinite(v) for v in t.losses)
+    assert smoke.to_dict()["teacher_alone"]["images_per_s"] == t.images_per_s
+    line = next(x for x in smoke.table().splitlines() if x.startswith(TEACHER_ALONE))
+    assert line.split()[-1] == "-"
 
 
 def test_without_augmentation_the_cache_is_valid_and_gives_the_same_losses(digits) -> None:
     result = run_bench("classroom", smoke=True, augment=False, data=digits)
-    assert result.settings["cache_valid"] is True
+    assert result.settings["cache_views"] == 0
     assert all(p.valid for p in result.paths)
     # The same batches and initial weights: looking the teacher's logits up is the same
     # training as computing them each step.
@@ -84,20 +92,24 @@ def test_without_augmentation_the_cache_is_valid_and_gives_the_same_losses(digit
     assert cached == pytest.approx(computed, rel=1e-5, abs=1e-6)
 
 
-def test_cached_logits_equal_the_teachers_without_augmentation_only(digits) -> None:
+def test_cached_logits_equal_the_teachers_on_the_views_they_were_computed_on(digits) -> None:
     torch.manual_seed(0)
     teacher = build_model("digits_teacher", 10, in_channels=1, image_size=8).eval()
     student = build_model("tiny_cnn", 10, in_channels=1, image_size=8)
-    cache = teacher_logit_cache(teacher, digits, "cpu")
-    assert cache.shape == (len(digits.train), 10)
-    with torch.no_grad():
-        for x, y, idx in Loader(digits, digits.train, 128, shuffle=True, seed=1):
-            fresh = kd_loss(student(x), teacher(x), y)
-            looked_up = kd_loss(student(x), cache[idx], y)
-            assert looked_up.item() == pytest.approx(fresh.item(), rel=1e-5)
+    for views in (0, 1):
+        cache = cache_teacher_logits(teacher, digits, views=views, progress=False)
+        logits = cache.logits[0]
+        loader = Loader(digits, digits.train, 128, shuffle=True, seed=1)
+        loader.replay = None if cache.views is None else cache.views[0]
+        with torch.no_grad():
+            for x, y, idx in loader:
+                fresh = kd_loss(student(x), teacher(x), y)
+                looked_up = kd_loss(student(x), logits[idx], y)
+                assert looked_up.item() == pytest.approx(fresh.item(), rel=1e-5)
+    with torch.no_grad():  # a fresh random view: the cached logits are stale
         x, _, idx = next(iter(Loader(digits, digits.train, 128, shuffle=True, augment=True)))
-        stale = (teacher(x) - cache[idx]).abs().max().item()
-    assert stale > 1e-3  # augmented images: the cached logits are not the teacher's
+        stale = (teacher(x) - logits[idx]).abs().max().item()
+    assert stale > 1e-3
 
 
 @pytest.mark.parametrize("dataset", ["digits", "synthetic"])
