@@ -421,7 +421,8 @@ class Loader:
     ``shard=(rank, world_size)``: the data-parallel slice. Every rank draws the same global
     batch (the same seed, so the same permutation: what ``DistributedSampler.set_epoch``
     arranges for a DataLoader) and the same augmentation parameters, then keeps its own
-    contiguous part; the parts of all ranks are exactly the single-process batch.
+    contiguous part; the parts of all ranks are exactly the single-process batch (a pass's
+    last batch, when it has fewer samples than there are ranks, is dropped on every rank).
     ``global_size`` holds the size of the last global batch.
     """
 
@@ -489,6 +490,8 @@ class Loader:
             elif self.augment is not None:
                 params = self.augment.sample(len(idx), self.generator)
             self.global_size = len(idx)
+            if world > 1 and len(idx) < world:
+                continue  # a pass's last few samples, fewer than the ranks: dropped alike
             if world > 1:
                 keep = torch.arange(len(idx)).tensor_split(world)[rank]
                 idx = idx[keep]
