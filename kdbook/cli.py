@@ -20,6 +20,7 @@ examples:
   kdbook sweep 05 --grid temperature=1,2,4,8 --grid alpha=0.5,0.9 --seeds 3 --out runs/sweep
   kdbook bench                                  the sources' training loop against kdbook's
   kdbook train --teacher runs/t/teacher.pt --out runs/t/kd.pt   one training (torchrun too)
+  kdbook data                                   which data sets are in place, and their sizes
 
 Run `kdbook COMMAND --help` for the options of one command.
 """
@@ -66,6 +67,15 @@ teacher every step), kdbook (kdbook.data.Loader: tensors prepared once, batched
 augmentation), kdbook + cached logits (the teacher's logits computed once; the same recipe
 only without augmentation, and the table says when it is not). Same data, models, loss,
 optimizer and batch size in all three. Exit status: 0 ok, 2 bad input.
+"""
+
+DATA_EPILOG = """\
+examples:
+  kdbook data                                   digits and cifar10
+  kdbook data imagefolder:data/chest_xray       your own train/ val/ test/ <class>/ tree
+
+Exit status: 0 every data set loaded, 1 one is not in place or not readable (the line says
+what to do), 2 bad input.
 """
 
 TRAIN_EPILOG = """\
@@ -239,6 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge", nargs="+", metavar="DIR", help="merge these sweep folders' tables into --out"
     )
     sweep.add_argument("--out", metavar="DIR", help="sweep folder (with --merge: the CSV file)")
+    data = sub.add_parser(
+        "data",
+        help="show what a data set holds (sizes, shape, classes), or what to put where",
+        description="Load each named data set and print its splits, image shape, classes "
+        "and training augmentation; a data set that is not in place says which files to "
+        "put where.",
+        epilog=DATA_EPILOG,
+        formatter_class=fmt,
+    )
+    data.add_argument(
+        "specs",
+        nargs="*",
+        metavar="DATASET",
+        help="digits, cifar10 or imagefolder:PATH (default: digits and cifar10)",
+    )
+    data.add_argument("--root", default="data", help="the data folder (default: data)")
     train = sub.add_parser(
         "train",
         help="train one model with fit(): teacher, student alone or distilled (torchrun too)",
@@ -456,6 +482,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from kdbook.config import check_dataset_spec
+    from kdbook.data import load_dataset
+
+    specs = args.specs or ["digits", "cifar10"]
+    for spec in specs:
+        check_dataset_spec(spec)
+    failed = 0
+    for spec in specs:
+        try:
+            data = load_dataset(spec, args.root)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"{spec}: not ready: {e}")
+            failed += 1
+            continue
+        info = data.summary()
+        aug = data.augment
+        print(
+            f"{spec}: train {info['train']}, val {info['val']}, test {info['test']} images of "
+            f"shape {tuple(info['shape'])}, {info['classes']} classes "
+            f"({', '.join(data.classes[:10])}{', ...' if len(data.classes) > 10 else ''}); "
+            f"augmentation: shift {aug.pad} px, flip {'yes' if aug.flip else 'no'}"
+        )
+    return 1 if failed else 0
+
+
 TRAIN_PARAMETERS = (
     "preset",
     "dataset",
@@ -604,6 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": _cmd_doctor,
         "bench": _cmd_bench,
         "train": _cmd_train,
+        "data": _cmd_data,
     }[args.command]
     try:
         return command(args)
