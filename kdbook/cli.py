@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="keep this fraction of the training labels (default: all)",
     )
+    train.add_argument(
+        "--log-dir", metavar="DIR", help="TensorBoard scalars per epoch (default: none)"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--out", required=True, metavar="FILE.pt", help="the checkpoint to write")
     bench = sub.add_parser(
@@ -594,6 +597,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             device=device,
             seed=cfg.seed,
             checkpoint=out,
+            log_dir=args.log_dir,
             progress=not args.no_progress,
             desc=f"train {name}",
         )

@@ -514,6 +514,7 @@ def fit(
     channels_last: bool | None = None,
     device: str = "cpu",
     seed: int = 0,
+    log_dir: str | Path | None = None,
     checkpoint: str | Path | None = None,
     resume: bool | None = None,
     progress: bool = True,
@@ -601,6 +602,8 @@ def fit(
         channels_last: NHWC memory format (default: on GPUs).
         device: ``"cpu"``, ``"cuda"``, ``"auto"``...
         seed: seeds shuffling, augmentation and dropout.
+        log_dir: a folder for TensorBoard scalars (every record of the history, per
+            epoch; ``tensorboard --logdir DIR`` shows them), or None.
         checkpoint: the file to save the model in, with metadata, after every epoch.
         resume: continue from ``checkpoint`` when it holds a run of the same settings
             (default True when ``checkpoint`` is given); False starts afresh and overwrites it.
@@ -767,6 +770,7 @@ def fit(
     if feature_loss is not None:
         scheduled["feature_weight"] = feature_weight
     head = list(model.head.parameters()) if freeze_head else []
+    writer = _tensorboard(log_dir) if log_dir is not None and rank == 0 else None
     cached_logits = None if cache is None else cache.logits.to(dev)
     for epoch in epochs:
         start = time.perf_counter()
@@ -861,13 +865,27 @@ def fit(
             record["feature_loss"] = sums[2].item() / sums[4].item()
         record |= {name: total / len(loader) for name, total in used.items()}
         history.epochs.append(record)
+        if writer is not None:
+            for name, value in record.items():
+                if name != "epoch":
+                    writer.add_scalar(name, value, epoch)
+            writer.flush()
         epochs.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{val_acc:.1f}")
         if checkpoint is not None and rank == 0:
             run.save(finished=epoch == num_epochs)
+    if writer is not None:
+        writer.close()
     model.eval()
     if feature_loss is not None:
         feature_loss.eval()
     return history
+
+
+def _tensorboard(log_dir: str | Path):
+    """A TensorBoard ``SummaryWriter`` writing into ``log_dir``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(log_dir))
 
 
 @dataclass

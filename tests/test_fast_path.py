@@ -195,3 +195,16 @@ def test_loader_shards_make_up_the_single_process_batch(digits) -> None:
         assert torch.equal(torch.cat([p[i][2] for p in parts]), idx)
     with pytest.raises(ValueError, match="shard must be"):
         Loader(digits, digits.train, 50, shard=(2, 2))
+
+
+def test_log_dir_gets_every_record_as_tensorboard_scalars(digits, tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    history = fit(tiny(digits), digits, num_epochs=2, log_dir=tmp_path / "tb", progress=False)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "val_acc", "lr", "seconds"} <= tags
+    logged = [(e.step, e.value) for e in events.Scalars("val_acc")]
+    expected = [(r["epoch"], r["val_acc"]) for r in history.epochs]
+    assert logged == [(step, pytest.approx(value, rel=1e-6)) for step, value in expected]
