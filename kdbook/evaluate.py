@@ -183,6 +183,19 @@ class Comparison:
             "gain_ci95": s.loc["gain (KD - scratch)", "ci95"],
         }
 
+    def seed_rows(self) -> list[dict[str, float | int | str]]:
+        """One flat row per seed (test accuracies, percent), for results and sweep tables."""
+        return [
+            {
+                "setting": self.setting,
+                "seed": int(seed),
+                "scratch_test_accuracy": row["student (scratch)"],
+                "kd_test_accuracy": row["student (KD)"],
+                "gain": row["gain (KD - scratch)"],
+            }
+            for seed, row in self.per_seed.iterrows()
+        ]
+
     def verdict(self) -> str:
         """Plain words for the gain: helps, inside seed noise, or hurts."""
         from kdbook.book import verdict  # the one rule, shared with summary.md

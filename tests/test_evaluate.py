@@ -255,3 +255,28 @@ def test_compare_methods_shares_the_start_and_gives_fresh_adapters(digits) -> No
     assert abs(result.summary.loc["hint", "gain_vs_scratch"] - expected) < 1e-9
     assert (result.summary["time_ratio_vs_scratch"] > 0).all()
     assert per_seed.loc[0, "init_norm"] != per_seed.loc[1, "init_norm"]
+
+
+def test_seed_rows_flatten_the_per_seed_table() -> None:
+    from kdbook.book import metrics_rows
+
+    rows = synthetic([2.0, -1.0]).seed_rows()
+    assert rows == [
+        {
+            "setting": "synthetic",
+            "seed": 0,
+            "scratch_test_accuracy": 80.0,
+            "kd_test_accuracy": 82.0,
+            "gain": 2.0,
+        },
+        {
+            "setting": "synthetic",
+            "seed": 1,
+            "scratch_test_accuracy": 80.0,
+            "kd_test_accuracy": 79.0,
+            "gain": -1.0,
+        },
+    ]
+    # a sweep table gets one row per seed from them
+    flat = metrics_rows({"comparisons": [{"setting": "synthetic"}], "per_seed": rows, "x": 1})
+    assert [r["seed"] for r in flat] == [0, 1] and all(r["x"] == 1 for r in flat)
