@@ -54,7 +54,7 @@ bench: $(STAMP)
 
 html: $(STAMP)
 	$(if $(RUN),,$(error make html needs RUN=DIR, the run folder of a `make book`))
-	$(BIN)/python -c 'import sys; from kdbook.book import render_html; print(render_html(sys.argv[1]))' $(RUN)
+	$(BIN)/kdbook html $(RUN)
 
 clean:
 	rm -rf runs/

@@ -21,6 +21,7 @@ examples:
   kdbook bench                                  the sources' training loop against kdbook's
   kdbook train --teacher runs/t/teacher.pt --out runs/t/kd.pt   one training (torchrun too)
   kdbook data                                   which data sets are in place, and their sizes
+  kdbook html runs/ci                           render a run folder as HTML again
 
 Run `kdbook COMMAND --help` for the options of one command.
 """
@@ -249,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge", nargs="+", metavar="DIR", help="merge these sweep folders' tables into --out"
     )
     sweep.add_argument("--out", metavar="DIR", help="sweep folder (with --merge: the CSV file)")
+    html = sub.add_parser(
+        "html",
+        help="render a run folder's executed notebooks as a static HTML book again",
+        description="Write RUN/html/ (index.html and one page per executed notebook, "
+        "widgets included, nothing loaded from a network). kdbook book does it at the end "
+        "of every run; this renders a run folder again.",
+    )
+    html.add_argument("run", metavar="RUN", help="a run folder written by kdbook book")
     data = sub.add_parser(
         "data",
         help="show what a data set holds (sizes, shape, classes), or what to put where",
@@ -485,6 +494,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_html(args: argparse.Namespace) -> int:
+    from kdbook.book import render_html
+
+    run = Path(args.run)
+    if not run.is_dir() or not any(run.glob("*.ipynb")):
+        raise FileNotFoundError(
+            f"run folder {args.run} holds no executed notebooks: give a folder written by "
+            "kdbook book --out"
+        )
+    print(f"html: {_show(render_html(run))}")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from kdbook.config import check_dataset_spec
     from kdbook.data import load_dataset
@@ -661,6 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": _cmd_bench,
         "train": _cmd_train,
         "data": _cmd_data,
+        "html": _cmd_html,
     }[args.command]
     try:
         return command(args)

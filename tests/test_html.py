@@ -112,3 +112,14 @@ def test_render_html_again_and_on_an_empty_folder(book: Path, tmp_path: Path) ->
     text = index.read_text()
     assert "No executed notebook in this run folder." in text
     assert "No summary.md in this run folder." in text
+
+
+def test_cli_html_renders_a_run_again_and_refuses_an_empty_folder(book: Path, tmp_path, capsys):
+    from kdbook.cli import main
+
+    (book / "html" / "index.html").unlink()
+    assert main(["html", str(book)]) == 0
+    assert (book / "html" / "index.html").is_file()
+    assert "html: " in capsys.readouterr().out
+    assert main(["html", str(tmp_path)]) == 2
+    assert "holds no executed notebooks" in capsys.readouterr().err
