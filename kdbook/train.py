@@ -548,7 +548,9 @@ def fit(
     the student, in epoch ``e``, exactly the view ``e mod views`` the teacher saw.
 
     Split augmentation (source 5): with ``teacher_augment`` (an :class:`kdbook.data.Augment`),
-    the teacher sees the student's (light) view further augmented by it (a strong view).
+    the teacher sees the student's (light) view further augmented by it (a strong view),
+    padding and cutout filled with black as the light view's are. Its random draws are
+    seeded per rank: under torchrun they do not repeat the single-process run's.
     ``freeze_head``: for this first fraction of training the student's classifier
     (``model.head``) is not updated (source 5's stage 1: align the features, head frozen).
 
@@ -772,6 +774,8 @@ def fit(
     head = list(model.head.parameters()) if freeze_head else []
     writer = _tensorboard(log_dir) if log_dir is not None and rank == 0 else None
     cached_logits = None if cache is None else cache.logits.to(dev)
+    # black in normalised units: shifting, flipping and cutting out commute with removing it
+    black = data.normalize(torch.zeros(1, data.in_channels, 1, 1, dtype=torch.uint8, device=dev))
     for epoch in epochs:
         start = time.perf_counter()
         student.train()
@@ -806,11 +810,9 @@ def fit(
                         if cache is not None:
                             teacher_logits = cached_logits[view][ic]
                         elif teachers:
-                            xt = (
-                                xc
-                                if teacher_augment is None
-                                else teacher_augment(xc, run.teacher_views)
-                            )
+                            xt = xc
+                            if teacher_augment is not None:  # padding and cutout fill black
+                                xt = teacher_augment(xc - black, run.teacher_views) + black
                             teacher_logits, teacher_features = _teach(
                                 teachers, xt, t_now, teacher_weights, feature_loss is not None
                             )
