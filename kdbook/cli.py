@@ -639,6 +639,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"train: {history.settings['num_epochs']} epochs, val {final['val_acc']:.2f}%, "
                 f"test {test_acc:.2f}%; saved {_show(out)} and {_show(json_path)}"
             )
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # every rank leaves together, after rank 0 has written
     finally:
         if world > 1:
             import torch.distributed as dist

@@ -65,6 +65,24 @@ def test_two_gloo_processes_match_one_process(tmp_path, teacher_file) -> None:
     ]
 
 
+@pytest.mark.parametrize("model", ["vit_tiny", "tiny_cnn"])
+def test_torchrun_equals_one_process_accumulating_over_the_same_chunks(tmp_path, model) -> None:
+    # Each rank's slice of a global batch is the chunk accumulation_steps=2 would make, and
+    # DDP averages the two gradients as accumulation sums them: the same arithmetic, so the
+    # same model to the last bit, BatchNorm included (each slice normalised by itself).
+    common = ["--model", model, "-p", "num_epochs", "2", "-p", "lr", "0.1"]
+    kdbook_train(*common, "--accumulation-steps", "2", "--out", "acc.pt", cwd=tmp_path)
+    kdbook_train(*common, "--out", "ddp.pt", nproc=2, cwd=tmp_path)
+    acc = torch.load(tmp_path / "acc.pt", weights_only=True)["state_dict"]
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)["state_dict"]
+    for name, value in acc.items():
+        if value.is_floating_point() and "running" not in name:
+            assert torch.equal(value, ddp[name]), name
+    r_acc = json.loads((tmp_path / "acc.json").read_text())["epochs"]
+    r_ddp = json.loads((tmp_path / "ddp.json").read_text())["epochs"]
+    assert [e["train_loss"] for e in r_acc] == pytest.approx([e["train_loss"] for e in r_ddp])
+
+
 def test_train_resumes_a_finished_run_without_training(tmp_path, capsys) -> None:
     args = ["train", "--no-progress", "-p", "num_epochs", "1", "--out", str(tmp_path / "s.pt")]
     assert main(args) == 0
