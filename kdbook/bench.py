@@ -260,9 +260,11 @@ class BenchResult:
         for p in self.paths:
             peak = p.peak_device_mb if p.peak_device_mb is not None else p.peak_host_mb
             peak_text = "n/a" if peak is None else f"{peak:.0f}"
+            same = "yes" if p.valid else "NO"
+            if p.name == CACHED and s["cache_views"]:
+                same += f" ({s['cache_views']} stored view per image, not a fresh one per step)"
             lines.append(
-                f"{p.name:<24} {p.images_per_s:>10.0f} {p.ratio:>6.1f}x {peak_text:>8}  "
-                f"{'yes' if p.valid else 'NO'}"
+                f"{p.name:<24} {p.images_per_s:>10.0f} {p.ratio:>6.1f}x {peak_text:>8}  {same}"
             )
         t = self.teacher_alone
         if t is not None:

@@ -70,6 +70,7 @@ def test_cache_replays_the_teachers_view_with_augmentation(smoke) -> None:
     table = smoke.table()
     assert "kdbook + cached logits" in table and "same recipe" in table
     assert "SYNTHETIC" not in table and " NO" not in table
+    assert "yes (1 stored view per image, not a fresh one per step)" in table
 
 
 def test_teacher_alone_is_timed_apart_without_a_ratio(smoke) -> None:
