@@ -785,7 +785,7 @@ def fit(
             loader.replay = cache.views[view]
         step = (epoch - 1) * len(loader)
         # loss, KL, feature loss, correct, seen, seen labelled: summed, reduced across ranks
-        sums = torch.zeros(6, dtype=torch.float64)
+        sums = [0.0] * 6
         used = dict.fromkeys(scheduled, 0.0)
         for x, y, idx in loader:
             progress_now = step / total_steps
@@ -794,10 +794,10 @@ def fit(
             w_now = value_at(feature_weight, progress_now) if feature_loss is not None else 0.0
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            chunks = list(
-                zip(*(t.tensor_split(accumulation_steps) for t in (x, y, idx)), strict=True)
-            )
-            chunks = [c for c in chunks if len(c[1])]
+            chunks = [(x, y, idx)]
+            if accumulation_steps > 1:
+                parts = (t.tensor_split(accumulation_steps) for t in (x, y, idx))
+                chunks = [c for c in zip(*parts, strict=True) if len(c[1])]
             opt.zero_grad(set_to_none=True)
             for i, (xc, yc, ic) in enumerate(chunks):
                 # Each chunk's mean loss, weighted by its share of the global batch (times the
@@ -824,7 +824,7 @@ def fit(
                             loss = kd_loss(logits, teacher_logits, yc, t_now, a_now)
                         if hint is not None:
                             loss = loss + w_now * hint.float()
-                    scaler.scale(loss * share).backward()
+                    scaler.scale(loss if share == 1 else loss * share).backward()
                 labelled = yc != UNLABELED
                 n = len(yc)
                 sums[0] += loss.item() * n
@@ -849,22 +849,22 @@ def fit(
             sched.step()
             step += 1
         if world > 1:
-            sums = _all_reduce(sums, dev)
+            sums = _all_reduce(torch.tensor(sums, dtype=torch.float64), dev).tolist()
             _broadcast_buffers(model)
         val_loss, val_acc = _evaluate(model, data, data.val, dev, precision, (rank, world))
         record = {
             "epoch": epoch,
             "lr": sched.get_last_lr()[0],
-            "train_loss": sums[0].item() / sums[4].item(),
-            "train_acc": 100.0 * sums[3].item() / max(1.0, sums[5].item()),
+            "train_loss": sums[0] / sums[4],
+            "train_acc": 100.0 * sums[3] / max(1.0, sums[5]),
             "val_loss": val_loss,
             "val_acc": val_acc,
             "seconds": time.perf_counter() - start,
         }
         if distilling:
-            record["kl"] = sums[1].item() / sums[4].item()
+            record["kl"] = sums[1] / sums[4]
         if feature_loss is not None:
-            record["feature_loss"] = sums[2].item() / sums[4].item()
+            record["feature_loss"] = sums[2] / sums[4]
         record |= {name: total / len(loader) for name, total in used.items()}
         history.epochs.append(record)
         if writer is not None:
