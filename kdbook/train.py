@@ -385,6 +385,7 @@ class LogitCache:
     images: str
     fingerprint: str
     teacher: str
+    announced: bool = field(default=False, repr=False, compare=False)  # fit's note printed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -682,8 +683,9 @@ def fit(
     if not (teachers or cache):
         train = train.subset(train.labels != UNLABELED)
     if cache is not None and cache.views is None and augment:
-        if rank == 0:
+        if rank == 0 and not cache.announced:  # said once per cache, not once per seed
             print("teacher cache holds the plain images' logits: training without augmentation")
+            cache.announced = True
         augment = False
     # An epoch is as many steps as one pass over the whole training set, labelled or not,
     # so that a student that sees only the labelled few gets as many updates as the rest.
