@@ -14,7 +14,7 @@ import torch
 from kdbook.cli import main
 from kdbook.data import load_dataset
 from kdbook.models import build_model
-from kdbook.train import save_checkpoint
+from kdbook.train import fit, save_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -111,3 +111,61 @@ def test_train_refuses_bad_input_in_one_line(tmp_path, capsys, monkeypatch, args
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def _fit_rank(rank: int, world: int, store: str, out: str) -> None:
+    """One gloo rank of a hint-distilled tiny_cnn with a frozen-head stage; rank 0 saves."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        weights = _hint_run(accumulation_steps=1)
+        if rank == 0:
+            torch.save(weights, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _hint_run(accumulation_steps: int) -> dict[str, torch.Tensor]:
+    """Train once; return the trained parameters of the student and of the hint adapter."""
+    from kdbook.losses import HintLoss
+
+    data = load_dataset("digits")
+    torch.manual_seed(1)
+    teacher = build_model("digits_teacher", 10, in_channels=1, image_size=8).eval()
+    torch.manual_seed(0)
+    student = build_model("tiny_cnn", 10, in_channels=1, image_size=8)
+    hint = HintLoss(4, 128)
+    fit(
+        student,
+        data,
+        teacher=teacher,
+        feature_loss=hint,
+        feature_weight=0.5,
+        freeze_head=0.5,
+        num_epochs=1,
+        accumulation_steps=accumulation_steps,
+        progress=False,
+    )
+    params = {f"student.{k}": v for k, v in student.named_parameters()}
+    return params | {f"hint.{k}": v for k, v in hint.named_parameters()}
+
+
+def test_feature_loss_and_frozen_head_under_ddp_equal_accumulation(tmp_path) -> None:
+    # The adapter's parameters train in DDP too, the head waits, and each rank's slice is
+    # the chunk accumulation_steps=2 makes: the same arithmetic, so the same parameters.
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_fit_rank, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = _hint_run(accumulation_steps=2)
+    finally:
+        torch.set_num_threads(before)
+    ddp = torch.load(out, weights_only=True)
+    assert single.keys() == ddp.keys() and any(k.startswith("hint.") for k in ddp)
+    for name, value in single.items():
+        assert torch.equal(value.detach(), ddp[name]), name
