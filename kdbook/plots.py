@@ -77,22 +77,29 @@ def class_bars(
     return fig
 
 
+def _seeds_and_intervals(
+    ax, per_seed: pd.DataFrame, summary: pd.DataFrame, methods: list[str], *, horizontal: bool
+) -> None:
+    """Per method, each seed's value as a dot and the mean with its 95% interval beside it."""
+    for i, method in enumerate(methods):
+        values, at = per_seed[method], [i] * len(per_seed[method])
+        mean, ci95 = summary.loc[method, "mean"], summary.loc[method, "ci95"]
+        label = "one seed" if i == 0 else None
+        interval = "mean ± 95% interval" if i == 0 else None
+        style = {"fmt": "o", "color": "black", "label": interval}
+        if horizontal:
+            ax.scatter(values, at, alpha=0.5, color="tab:blue", label=label)
+            ax.errorbar(mean, i + 0.2, xerr=ci95, capsize=4, **style)
+        else:
+            ax.scatter(at, values, alpha=0.5, label=label)
+            ax.errorbar(i + 0.15, mean, yerr=ci95, capsize=5, **style)
+
+
 def comparison_plot(per_seed: pd.DataFrame, summary: pd.DataFrame, *, title: str) -> Figure:
     """Each seed's accuracy as a dot and the mean with its 95% interval, per method."""
     methods = [m for m in summary.index if m in per_seed.columns and not m.startswith("gain")]
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for i, method in enumerate(methods):
-        values = per_seed[method]
-        ax.scatter([i] * len(values), values, alpha=0.5, label="one seed" if i == 0 else None)
-        ax.errorbar(
-            i + 0.15,
-            summary.loc[method, "mean"],
-            yerr=summary.loc[method, "ci95"],
-            fmt="o",
-            color="black",
-            capsize=5,
-            label="mean ± 95% interval" if i == 0 else None,
-        )
+    _seeds_and_intervals(ax, per_seed, summary, methods, horizontal=False)
     ax.set_xticks(range(len(methods)), methods)
     ax.set(xlabel="model", ylabel="test accuracy (%)", title=title)
     ax.grid(axis="y", alpha=0.3)
@@ -311,19 +318,7 @@ def interval_plot(
     """
     methods = [m for m in per_seed.columns if m in summary.index]
     fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(methods) + 1.4))
-    for i, method in enumerate(methods):
-        values = per_seed[method]
-        label = "one seed" if i == 0 else None
-        ax.scatter(values, [i] * len(values), alpha=0.5, color="tab:blue", label=label)
-        ax.errorbar(
-            summary.loc[method, "mean"],
-            i + 0.2,
-            xerr=summary.loc[method, "ci95"],
-            fmt="o",
-            color="black",
-            capsize=4,
-            label="mean ± 95% interval" if i == 0 else None,
-        )
+    _seeds_and_intervals(ax, per_seed, summary, methods, horizontal=True)
     ax.set_yticks(range(len(methods)), methods)
     ax.invert_yaxis()
     ax.set(xlabel=xlabel, title=title)
