@@ -70,3 +70,25 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def teacher(digits):
+    """A digits teacher (BatchNorm and dropout) trained for one epoch: enough to distil from.
+
+    Shared by the whole session: fit puts a teacher in eval mode and never changes its
+    weights (test_train checks that), so one training serves every module.
+    """
+    import torch
+    from helpers import tiny
+
+    from kdbook.train import fit
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same weights whichever module asks first
+    try:
+        model = tiny(digits, name="digits_teacher")
+        fit(model, digits, num_epochs=1, lr=0.05, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return model

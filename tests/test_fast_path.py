@@ -6,30 +6,18 @@ import copy
 
 import pytest
 import torch
+from helpers import tiny
 from torch import nn
 
-from kdbook.data import Dataset, Loader
-from kdbook.models import build_model
+from kdbook.data import Loader
 from kdbook.train import LogitCache, cache_teacher_logits, fit, resolve_precision
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def tiny(data: Dataset, seed: int = 0, name: str = "tiny_cnn") -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model(name, data.num_classes, in_channels=1, image_size=8)
-
-
 def max_diff(a: nn.Module, b: nn.Module) -> float:
     sa, sb = a.state_dict(), b.state_dict()
     return max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa)
-
-
-@pytest.fixture(scope="module")
-def teacher(digits):
-    model = tiny(digits, name="digits_teacher")
-    fit(model, digits, num_epochs=1, progress=False)
-    return model
 
 
 def test_accumulated_gradients_equal_the_large_batch(digits) -> None:

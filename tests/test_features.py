@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny
 
 from kdbook.losses import (
     AttentionTransfer,
@@ -18,7 +19,7 @@ from kdbook.losses import (
     attention_transfer_loss,
     tokens_to_map,
 )
-from kdbook.models import build_model, feature_shape
+from kdbook.models import feature_shape
 from kdbook.train import fit, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -142,18 +143,6 @@ def test_token_alignment_maps_the_student_to_the_teachers_tokens():
 
 
 # -- the adapter trains inside fit ----------------------------------------------------------
-
-
-def tiny(data, seed: int = 0, name: str = "tiny_cnn"):
-    torch.manual_seed(seed)
-    return build_model(name, data.num_classes, in_channels=1, image_size=8)
-
-
-@pytest.fixture(scope="module")
-def teacher(digits):
-    model = tiny(digits, name="digits_teacher")
-    fit(model, digits, num_epochs=1, progress=False)
-    return model
 
 
 def hint_for(student, teacher):

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny
 
-from kdbook.models import build_model
 from kdbook.train import cache_teacher_logits, fit, resolve_precision
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def tiny(data, seed: int = 0, name: str = "tiny_cnn"):
-    torch.manual_seed(seed)
-    return build_model(name, data.num_classes, in_channels=1, image_size=8)
 
 
 def test_auto_precision_is_bf16_or_fp16_on_a_gpu() -> None:

@@ -12,18 +12,13 @@ import time
 
 import pytest
 import torch
+from helpers import tiny
 
-from kdbook.models import build_model
 from kdbook.train import fit, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 NUM_EPOCHS = 5
-
-
-def tiny(data, seed: int = 0, name: str = "tiny_cnn"):
-    torch.manual_seed(seed)
-    return build_model(name, data.num_classes, in_channels=1, image_size=8)
 
 
 def without_seconds(history) -> list[dict]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny
 
-from kdbook.models import build_model
 from kdbook.schedules import Schedule, dynamic_weights, linear, stages, temperature_decay
 from kdbook.train import fit, load_checkpoint
 
@@ -66,18 +66,6 @@ def test_schedules_compare_by_repr():
 
 
 # -- in fit ---------------------------------------------------------------------------------
-
-
-def tiny(data, seed: int = 0, name: str = "tiny_cnn"):
-    torch.manual_seed(seed)
-    return build_model(name, data.num_classes, in_channels=1, image_size=8)
-
-
-@pytest.fixture(scope="module")
-def teacher(digits):
-    model = tiny(digits, name="digits_teacher")
-    fit(model, digits, num_epochs=1, progress=False)
-    return model
 
 
 def test_fit_evaluates_schedules_per_step_and_records_them(digits, teacher):

@@ -8,20 +8,15 @@ import math
 
 import pytest
 import torch
+from helpers import tiny
 from torch import nn
 
 from kdbook.data import Augment
-from kdbook.models import build_model
 from kdbook.train import cache_teacher_logits, fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 BATCH = 128  # digits: 1295 training images, so 11 steps per epoch
-
-
-def tiny(data, seed: int = 0, name: str = "tiny_cnn") -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model(name, data.num_classes, in_channels=1, image_size=8)
 
 
 # -- Augment: parameters drawn once, views replayed -------------------------------------

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+from helpers import tiny
 
 from kdbook.config import make_config
-from kdbook.data import Dataset
 from kdbook.evaluate import predict
 from kdbook.models import build_model
 from kdbook.train import History, fit, load_checkpoint, save_checkpoint, teacher_from_run
@@ -16,19 +16,6 @@ from kdbook.train import History, fit, load_checkpoint, save_checkpoint, teacher
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 COLUMNS = {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"}
-
-
-def tiny(data: Dataset, seed: int = 0, name: str = "tiny_cnn"):
-    torch.manual_seed(seed)
-    return build_model(name, data.num_classes, in_channels=1, image_size=8)
-
-
-@pytest.fixture(scope="module")
-def teacher(digits):
-    """A digits teacher (BatchNorm and dropout) trained for one epoch: enough to distil from."""
-    model = tiny(digits, name="digits_teacher")
-    fit(model, digits, num_epochs=1, lr=0.05, progress=False)
-    return model
 
 
 def test_fit_reduces_loss_and_records_history(digits):
@@ -207,7 +194,6 @@ def test_max_grad_norm_clips_each_step(digits, monkeypatch) -> None:
     """With max_grad_norm, the gradient the optimizer sees never exceeds it."""
     import torch
 
-    from kdbook.models import build_model
     from kdbook.train import fit
 
     seen = []
@@ -228,7 +214,6 @@ def test_max_grad_norm_clips_each_step(digits, monkeypatch) -> None:
 def test_max_grad_norm_must_be_positive(digits) -> None:
     import pytest
 
-    from kdbook.models import build_model
     from kdbook.train import fit
 
     model = build_model("tiny_cnn", 10, in_channels=1, image_size=8)

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny
 
 from kdbook.evaluate import accuracy, predict
 from kdbook.losses import ensemble_logits, kd_loss
-from kdbook.models import build_model
 from kdbook.train import born_again, fit, mutual_learning
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def tiny(data, seed: int = 0, name: str = "tiny_cnn"):
-    torch.manual_seed(seed)
-    return build_model(name, data.num_classes, in_channels=1, image_size=8)
 
 
 @pytest.fixture(scope="module")
