@@ -552,6 +552,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
     import torch
+    import torch.distributed as dist
 
     from kdbook.config import make_config
     from kdbook.data import check_available, load_dataset
@@ -582,8 +583,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = cfg.device
     if world > 1:  # launched by torchrun: one process per device (or CPU slice)
-        import torch.distributed as dist
-
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         if use_cuda:
@@ -640,13 +639,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"test {test_acc:.2f}%; saved {_show(out)} and {_show(json_path)}"
             )
         if world > 1:
-            import torch.distributed as dist
-
             dist.barrier()  # every rank leaves together, after rank 0 has written
     finally:
         if world > 1:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
     return 0
 
