@@ -52,10 +52,10 @@ from torch import nn
 
 from kdbook.config import PRESETS, resolve_device
 from kdbook.data import CIFAR10_MEAN, CIFAR10_STD, Augment, Dataset, Loader, Split, load_dataset
+from kdbook.distill import Distiller, cache_teacher_logits
 from kdbook.io import write_json
-from kdbook.losses import kd_loss
 from kdbook.models import build_model
-from kdbook.train import autocast, cache_teacher_logits, make_optimizer, resolve_precision
+from kdbook.runtime import Runtime
 
 BENCH_PRESETS = ("classroom", "cifar10")
 SEED_STYLE, KDBOOK, CACHED = "seed-style", "kdbook", "kdbook + cached logits"
@@ -344,86 +344,48 @@ def _maxrss_kb() -> int | None:
     return peak // 1024 if platform.system() == "Darwin" else peak  # bytes on macOS
 
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # images, labels, teacher logits
-
-
-@dataclass(frozen=True)
-class StepOptions:
-    """How a path runs its steps: the sources' fp32 defaults, or kdbook's fast path.
-
-    kdbook's path is :func:`kdbook.train.fit`'s: autocast at the device's precision
-    (bf16 on GPUs, fp32 on CPUs), channels_last and the fused optimizer on GPUs.
-    """
-
-    precision: str = "fp32"
-    channels_last: bool = False
-    fused: bool = False
-
-    @staticmethod
-    def fast(device: torch.device) -> StepOptions:
-        gpu = device.type == "cuda"
-        return StepOptions(resolve_precision("auto", device), gpu, gpu)
-
-    def describe(self) -> str:
-        extras = [name for name in ("channels_last", "fused") if getattr(self, name)]
-        return " + ".join([self.precision, *extras])
-
-
-def _train_step(
-    student: nn.Module,
-    opt: torch.optim.Optimizer,
-    batch: Batch,
-    teacher: nn.Module | None,
-    options: StepOptions,
-    device: torch.device,
-) -> torch.Tensor:
-    """One step, the same in every path: distillation, or cross-entropy without a teacher."""
-    x, y, teacher_logits = batch
-    if options.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(options.precision, device):
-        if teacher_logits is None and teacher is not None:
-            with torch.no_grad():
-                teacher_logits = teacher(x).float()
-        logits = student(x).float()
-    if teacher is None:
-        loss = torch.nn.functional.cross_entropy(logits, y)
-    else:
-        loss = kd_loss(logits, teacher_logits, y, TEMPERATURE, ALPHA)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.detach()
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # images, labels, indices
 
 
 def _timed(
     batches: Iterator[Batch],
     student: nn.Module,
-    teacher: nn.Module | None,
+    distiller: Distiller,
+    data: Dataset,
     lr: float,
     steps: int,
     warmup: int,
-    device: torch.device,
-    options: StepOptions,
+    runtime: Runtime,
 ) -> tuple[int, float, list[float]]:
-    """Train ``warmup`` untimed steps then ``steps`` timed ones; images, seconds, losses."""
-    if options.channels_last:
-        student.to(memory_format=torch.channels_last)
-    opt = make_optimizer(list(student.parameters()), "sgd", lr, 5e-4, 0.9, options.fused)
-    student.train()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    """Train ``warmup`` untimed steps then ``steps`` timed ones; images, seconds, losses.
+
+    Each step is :meth:`kdbook.runtime.Runtime.step` with ``distiller``'s loss: the step
+    :func:`kdbook.train.fit` runs (its GradScaler under fp16 included).
+    """
+    runtime.prepare(student)
+    module = distiller.student(student, data, runtime, seed=0)
+    opt = runtime.optimizer(list(module.parameters()), "sgd", lr, 5e-4, 0.9)
+    module.train()
+
+    def step(batch: Batch) -> float:
+        result = runtime.step(
+            module, lambda x, y, i: distiller.loss(module, x, y, i, 0.0), batch, opt
+        )
+        return result.loss / result.seen
+
+    sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        _train_step(student, opt, next(batches), teacher, options, device)
+        step(next(batches))
     sync()
     images, losses = 0, []
     start = time.perf_counter()
     for _ in range(steps):
         batch = next(batches)  # fetching the batch is part of a step's cost
-        losses.append(_train_step(student, opt, batch, teacher, options, device))
+        losses.append(step(batch))
         images += len(batch[1])
     sync()
     seconds = time.perf_counter() - start
-    return images, seconds, torch.stack(losses).float().cpu().tolist()
+    return images, seconds, losses
 
 
 def _seed_style_batches(loader: torch.utils.data.DataLoader, device: torch.device):
@@ -432,10 +394,9 @@ def _seed_style_batches(loader: torch.utils.data.DataLoader, device: torch.devic
             yield x.to(device), y.to(device), None
 
 
-def _kdbook_batches(loader: Loader, cache: torch.Tensor | None = None):
+def _kdbook_batches(loader: Loader):
     while True:
-        for x, y, idx in loader:
-            yield x, y, None if cache is None else cache[idx]
+        yield from loader
 
 
 # --- the run --------------------------------------------------------------------------
@@ -528,58 +489,41 @@ def _run(
     initial = build_model(PRESETS[preset]["student"], data.num_classes, **shape)
     lr = PRESETS[preset]["lr"]
 
-    seed_options, fast = StepOptions(), StepOptions.fast(dev)
+    seed_style, fast = Runtime(dev), Runtime.create(dev)  # the sources' fp32; fit's
 
     def measure(
         path: PathResult,
         batches: Iterator[Batch],
-        options: StepOptions,
+        runtime: Runtime,
+        distiller: Distiller,
         model: nn.Module = initial,
-        teacher: nn.Module | None = teacher,
     ) -> None:
         student = copy.deepcopy(model).to(dev)
         try:
             with _PeakMemory(dev, baseline) as peak:
                 images, seconds, losses = _timed(
-                    batches, student, teacher, lr, steps, warmup, dev, options
+                    batches, student, distiller, data, lr, steps, warmup, runtime
                 )
         finally:
             batches.close()  # stops the seed-style loader's worker processes now
         path.add_round(images, seconds, losses, peak)
 
-    def kdbook_loader(augmented: bool, replay: torch.Tensor | None = None) -> Loader:
-        loader = Loader(
+    def kdbook_loader(augmented: bool) -> Loader:
+        return Loader(
             data, data.train, batch_size, shuffle=True, augment=augmented, device=dev, seed=seed
         )
-        loader.replay = replay
-        return loader
 
+    distilled = Distiller(teacher, temperature=TEMPERATURE, alpha=ALPHA)
+    # the sources' teacher in its own copy: fit's path may turn its teacher channels_last
+    seed_teacher = Distiller(copy.deepcopy(teacher), temperature=TEMPERATURE, alpha=ALPHA)
     # Warm the process up once (kernel selection, allocator) with a throwaway student, so
     # that the first path measured does not pay for what the others then get for free.
     warm_student = copy.deepcopy(initial).to(dev)
-    _timed(_kdbook_batches(kdbook_loader(False)), warm_student, teacher, lr, 1, warmup, dev, fast)
+    warm = _kdbook_batches(kdbook_loader(False))
+    _timed(warm, warm_student, distilled, data, lr, 1, warmup, fast)
     del warm_student
 
-    # With augmentation, the cache holds the teacher's logits on one stored view of every
-    # image, replayed to the student: valid (the student sees what the teacher saw).
-    views = 1 if augment else 0
-    start = time.perf_counter()
-    cache = cache_teacher_logits(
-        teacher, data, views=views, seed=seed, device=str(dev), progress=False
-    )
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    cache_seconds = time.perf_counter() - start
-    cached_logits = cache.logits[0].to(dev)
-    replay = None if cache.views is None else cache.views[0]
-    note = f"teacher logits cached once in {cache_seconds:.2f} s (not in the timing); valid: "
-    if augment:
-        note += (
-            "the student is shown the stored augmented view the teacher's logits were "
-            "computed on (fit replays view e mod k of k stored views in epoch e)"
-        )
-    else:
-        note += "without augmentation the student sees exactly what the teacher saw"
+    from_cache, cache_seconds, note = _cached_path(teacher, data, dev, augment, seed)
     seed_loader = seed_style_loader(data, batch_size, num_workers=num_workers, augment=augment)
     results = [PathResult(SEED_STYLE, True), PathResult(KDBOOK, True)]
     results.append(PathResult(CACHED, True, note))
@@ -591,15 +535,62 @@ def _run(
     )
     for _ in range(repeats):  # the paths take turns, so that a burst of load hits them alike
         torch.manual_seed(seed)  # the DataLoader's shuffling and its transforms draw from it
-        measure(results[0], _seed_style_batches(seed_loader, dev), seed_options)
-        measure(results[1], _kdbook_batches(kdbook_loader(augment)), fast)
-        measure(results[2], _kdbook_batches(kdbook_loader(False, replay), cached_logits), fast)
-        measure(teacher_alone, _kdbook_batches(kdbook_loader(augment)), fast, teacher, None)
+        measure(results[0], _seed_style_batches(seed_loader, dev), seed_style, seed_teacher)
+        measure(results[1], _kdbook_batches(kdbook_loader(augment)), fast, distilled)
+        cached = kdbook_loader(False)
+        from_cache.start_epoch(1, cached)  # replays the stored view (when augmenting)
+        measure(results[2], _kdbook_batches(cached), fast, from_cache)
+        alone = Distiller(None)  # the teacher trained alone: cross-entropy
+        measure(teacher_alone, _kdbook_batches(kdbook_loader(augment)), fast, alone, teacher)
 
     base = results[0].images_per_s
     for r in results:
         r.ratio = r.images_per_s / base
-    settings = {
+    settings = _settings(preset, data, dev, augment, seed_style, fast)
+    settings |= {"batch_size": batch_size, "steps": steps, "warmup": warmup}
+    settings |= {"repeats": repeats, "num_workers": num_workers}
+    settings["cache_views"] = 0 if from_cache.source.cache.views is None else 1
+    settings["cache_seconds"] = cache_seconds
+    return BenchResult(settings, results, teacher_alone)
+
+
+def _cached_path(
+    teacher: nn.Module, data: Dataset, dev: torch.device, augment: bool, seed: int
+) -> tuple[Distiller, float, str]:
+    """The teacher's logits cached once: its distiller, the seconds it took and a note.
+
+    With augmentation the cache holds one stored view of every image, replayed to the
+    student: valid (the student sees what the teacher saw).
+    """
+    views = 1 if augment else 0
+    start = time.perf_counter()
+    cache = cache_teacher_logits(
+        teacher, data, views=views, seed=seed, device=str(dev), progress=False
+    )
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - start
+    note = f"teacher logits cached once in {seconds:.2f} s (not in the timing); valid: "
+    if augment:
+        note += (
+            "the student is shown the stored augmented view the teacher's logits were "
+            "computed on (fit replays view e mod k of k stored views in epoch e)"
+        )
+    else:
+        note += "without augmentation the student sees exactly what the teacher saw"
+    return Distiller(cache, temperature=TEMPERATURE, alpha=ALPHA), seconds, note
+
+
+def _settings(
+    preset: str,
+    data: Dataset,
+    dev: torch.device,
+    augment: bool,
+    seed_style: Runtime,
+    fast: Runtime,
+) -> dict[str, Any]:
+    """What a bench result records about its data, models, steps and machine."""
+    return {
         "preset": preset,
         "dataset": data.name,
         "synthetic": data.name.startswith("synthetic"),
@@ -607,16 +598,9 @@ def _run(
         "image_shape": list(data.train.images.shape[1:]),
         "teacher": PRESETS[preset]["teacher"],
         "student": PRESETS[preset]["student"],
-        "batch_size": batch_size,
-        "steps": steps,
-        "warmup": warmup,
-        "repeats": repeats,
         "augment": augment,
-        "cache_views": views,
-        "cache_seconds": cache_seconds,
-        "seed_style_step": seed_options.describe(),
+        "seed_style_step": seed_style.describe(),
         "kdbook_step": fast.describe(),
-        "num_workers": num_workers,
         "device": str(dev),
         "device_name": _device_name(dev),
         "threads": torch.get_num_threads(),
@@ -625,7 +609,6 @@ def _run(
         "torch": torch.__version__,
         "memory_note": _memory_note(dev),
     }
-    return BenchResult(settings, results, teacher_alone)
 
 
 def _device_name(dev: torch.device) -> str:

@@ -138,6 +138,14 @@ def _add_parameter_option(parser: argparse.ArgumentParser, help: str) -> None:
     )
 
 
+def _train_parameters_help() -> str:
+    """The ``-p`` parameters of ``kdbook train``, from their one declaration (kdbook.config)."""
+    from kdbook.config import TRAIN_FIELDS, describe
+
+    lines = "\n".join(f"  {line}" for line in describe(TRAIN_FIELDS))
+    return f"\nparameters (-p NAME VALUE; None means the preset's):\n{lines}\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``kdbook`` argument parser."""
     from kdbook import __version__
@@ -279,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train one model with fit(): teacher, student alone or distilled (torchrun too)",
         description="Train one model with kdbook.train.fit on the preset's data and save "
         "its checkpoint; under torchrun, as DistributedDataParallel.",
-        epilog=TRAIN_EPILOG,
+        epilog=TRAIN_EPILOG + _train_parameters_help(),
         formatter_class=fmt,
     )
     train.add_argument(
@@ -291,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--teacher", metavar="CKPT", help="a teacher checkpoint to distil from (default: none)"
     )
-    _add_parameter_option(train, "a shared parameter (preset, dataset, num_epochs, lr, ...)")
+    _add_parameter_option(train, "a shared parameter (listed below); repeat for several")
     train.add_argument(
         "--precision",
         default="auto",
@@ -390,7 +398,7 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from kdbook.book import merge_sweeps, parse_shard, run_sweep
+    from kdbook.sweep import merge_sweeps, parse_shard, run_sweep
 
     if args.merge:
         if args.notebook or args.grid:
@@ -426,7 +434,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
-    from kdbook.book import run_book
+    from kdbook.runner import run_book
 
     params = {name: parse_value(value) for name, value in args.parameters}
     run_dir = run_book(
@@ -439,7 +447,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    from kdbook.book import list_notebooks, notebook_parameters, resolve_notebooks
+    from kdbook.runner import list_notebooks, notebook_parameters, resolve_notebooks
 
     names = resolve_notebooks([args.notebook] if args.notebook else None, list_notebooks())
     if not names:
@@ -495,7 +503,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_html(args: argparse.Namespace) -> int:
-    from kdbook.book import render_html
+    from kdbook.html import render_html
 
     run = Path(args.run)
     if not run.is_dir() or not any(run.glob("*.ipynb")):
@@ -533,40 +541,26 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-TRAIN_PARAMETERS = (
-    "preset",
-    "dataset",
-    "seed",
-    "teacher",
-    "student",
-    "temperature",
-    "alpha",
-    "num_epochs",
-    "lr",
-    "batch_size",
-    "device",
-)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
     import torch
     import torch.distributed as dist
 
-    from kdbook.config import make_config
+    from kdbook.checkpoint import load_checkpoint
+    from kdbook.config import TRAIN_FIELDS, make_config
     from kdbook.data import check_available, load_dataset
     from kdbook.evaluate import accuracy, predict
     from kdbook.io import write_json
     from kdbook.models import build_model, list_models
-    from kdbook.train import fit, load_checkpoint
+    from kdbook.train import TensorBoard, fit
 
     params = {name: parse_value(value) for name, value in args.parameters}
-    unknown = sorted(set(params) - set(TRAIN_PARAMETERS))
+    unknown = sorted(set(params) - set(TRAIN_FIELDS))
     if unknown:
         raise ValueError(
             f"parameter {unknown[0]!r} is not one kdbook train takes; accepted: "
-            f"{', '.join(TRAIN_PARAMETERS)}"
+            f"{', '.join(TRAIN_FIELDS)}"
         )
     cfg = make_config(**params)
     name = {"student": cfg.student, "teacher": cfg.teacher}.get(args.model, args.model)
@@ -598,9 +592,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.teacher is not None:
             teacher = load_checkpoint(args.teacher, data)[0]
         torch.manual_seed(cfg.seed)
-        model = build_model(
-            name, data.num_classes, in_channels=data.in_channels, image_size=data.image_size
-        )
+        model = build_model(name, data)
         if rank == 0:
             role = f"distilled from {args.teacher}" if teacher is not None else "alone"
             print(f"train: {name} {role} on {data.name}, {world} process(es), device {device}")
@@ -608,17 +600,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             model,
             data,
             teacher=teacher,
-            num_epochs=cfg.num_epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            temperature=cfg.temperature,
-            alpha=cfg.alpha,
+            **cfg.fit_kwargs(device=device),
             precision=args.precision,
             accumulation_steps=args.accumulation_steps,
-            device=device,
             seed=cfg.seed,
             checkpoint=out,
-            log_dir=args.log_dir,
+            hooks=[TensorBoard(args.log_dir)] if args.log_dir is not None else [],
             progress=not args.no_progress,
             desc=f"train {name}",
         )
@@ -667,7 +654,7 @@ def _show(path: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kdbook`` command; return its exit status (0 ok, 1 failure, 2 bad input)."""
-    from kdbook.book import BookError, format_error
+    from kdbook.runner import BookError, format_error
 
     parser = build_parser()
     try:

@@ -1,18 +1,27 @@
 """Presets and the one typed configuration every notebook and command builds.
 
-The notebooks' ``parameters`` cell holds literals only; the next cell calls
-:func:`make_config`, which fills every ``None`` from the preset and validates
-the whole set before any work starts.
+Every shared parameter is declared once, in :data:`PARAMS` (name, type, default, check,
+comment); :class:`Config`, :func:`make_config`, :func:`check_params`, :func:`default` and
+the ``kdbook`` command's ``-p`` parameters are derived from that declaration. The notebooks'
+``parameters`` cell holds literals only; the next cell calls :func:`config_from`, which
+picks the declared names out of the notebook's namespace, fills every ``None`` from the
+preset and validates the whole set before any work starts.
 
 >>> cfg = make_config(preset="classroom", temperature=2.0)
 >>> cfg.temperature, cfg.dataset
 (2.0, 'digits')
+>>> config_from({"preset": "classroom", "alpha": 0.5, "hint_weight": 1.0}).alpha
+0.5
+>>> default("temperature"), default("num_epochs")
+(4.0, 30)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,29 +69,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-@dataclass(frozen=True)
-class Config:
-    """Every shared knob of the book, resolved against a preset and validated."""
-
-    dataset: str
-    preset: str
-    seed: int
-    num_seeds: int
-    teacher: str
-    student: str
-    temperature: float
-    alpha: float
-    num_epochs: int
-    lr: float
-    batch_size: int
-    device: str
-    run_dir: str
-    label_fraction: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 def _fail(name: str, value: Any, accepted: str) -> None:
     raise ValueError(f"{name} must be {accepted}, got {value!r}")
 
@@ -95,101 +81,212 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_dataset_spec(spec: Any) -> None:
-    """Raise ValueError unless ``spec`` names a known data set (paths are checked at load)."""
-    if not isinstance(spec, str) or not (
+def _is_dataset_spec(spec: Any) -> bool:
+    return isinstance(spec, str) and (
         spec in ("digits", "cifar10") or (spec.startswith("imagefolder:") and len(spec) > 12)
-    ):
-        _fail("dataset", spec, "'digits', 'cifar10' or 'imagefolder:PATH'")
+    )
 
 
-def check_params(params: dict[str, Any]) -> None:
-    """Validate shared parameters by name; raise ValueError naming the first bad one.
-
-    Only the names present are checked, so a notebook or command can pass a subset.
-    ``None`` means "the preset's value" for every knob a preset sets.
-    """
+def _is_model(value: Any) -> bool:
     from kdbook.models import list_models  # local: models imports torch, config must not
 
+    return value in list_models()
+
+
+def _models_accepted() -> str:
+    from kdbook.models import list_models
+
+    return f"one of {list_models()}"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One shared parameter of the book, declared once.
+
+    ``default`` is ``None`` for a parameter the preset supplies (see :data:`PRESETS`).
+    ``accepted`` is what an error says the accepted values are (a function when the list
+    is only known at run time, as the registered models). ``fit``: :func:`kdbook.train.fit`
+    takes it under the same name; ``train``: ``kdbook train -p`` takes it.
+    """
+
+    name: str
+    type: type
+    default: Any
+    check: Callable[[Any], bool]
+    accepted: str | Callable[[], str]
+    comment: str
+    fit: bool = False
+    train: bool = True
+
+    def validate(self, value: Any) -> None:
+        """Raise ValueError naming this parameter, ``value`` and what is accepted."""
+        if not self.check(value):
+            accepted = self.accepted if isinstance(self.accepted, str) else self.accepted()
+            _fail(self.name, value, accepted)
+
+
+_INT_GE_1 = "an integer >= 1"
+
+PARAMS: tuple[Param, ...] = (
+    Param("dataset", str, None, _is_dataset_spec, "'digits', 'cifar10' or 'imagefolder:PATH'",
+          "'digits', 'cifar10' or 'imagefolder:PATH'; None means the preset's"),
+    Param("preset", str, "classroom", lambda v: v in PRESETS, f"one of {sorted(PRESETS)}",
+          "sizes: 'classroom' (digits, CPU), 'cifar10' (GPU), 'imagefolder'"),
+    Param("seed", int, 0, lambda v: _is_int(v) and v >= 0, "an integer >= 0",
+          "seed of the first run; seeds are seed, seed+1, ..."),
+    Param("num_seeds", int, None, lambda v: _is_int(v) and v >= 1, _INT_GE_1,
+          "runs per comparison; None means the preset's", train=False),
+    Param("teacher", str, None, _is_model, _models_accepted,
+          "teacher architecture; None means the preset's"),
+    Param("student", str, None, _is_model, _models_accepted,
+          "student architecture; None means the preset's"),
+    Param("temperature", float, 4.0, lambda v: _is_number(v) and v > 0, "a number > 0",
+          "T of the KD loss", fit=True),
+    Param("alpha", float, 0.7, lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]",
+          "weight of the soft (KD) term; 1 - alpha weights cross-entropy", fit=True),
+    Param("num_epochs", int, None, lambda v: _is_int(v) and v >= 1, _INT_GE_1,
+          "epochs per training run; None means the preset's", fit=True),
+    Param("lr", float, None, lambda v: _is_number(v) and v > 0, "a number > 0",
+          "learning rate; None means the preset's", fit=True),
+    Param("batch_size", int, None, lambda v: _is_int(v) and v >= 1, _INT_GE_1,
+          "images per training step; None means the preset's", fit=True),
+    Param("device", str, None, lambda v: isinstance(v, str) and bool(DEVICE_PATTERN.fullmatch(v)),
+          "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
+          "'cpu', 'cuda', 'auto'; None means the preset's", fit=True),
+    Param("run_dir", str, "../runs/lab", lambda v: isinstance(v, str) and bool(v),
+          "a non-empty path", "folder shared by the notebooks of one run", train=False),
+    Param("label_fraction", float, None, lambda v: _is_number(v) and 0 < v <= 1,
+          "a number in (0, 1]", "share of training labels kept in the scarce-label setting",
+          train=False),
+)  # fmt: skip
+
+_BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
+FIELDS: tuple[str, ...] = tuple(_BY_NAME)
+TRAIN_FIELDS: tuple[str, ...] = tuple(p.name for p in PARAMS if p.train)
+
+
+def _param(name: str) -> Param:
+    if name not in _BY_NAME:
+        raise ValueError(f"parameter must be one of {list(FIELDS)}, got {name!r}")
+    return _BY_NAME[name]
+
+
+def default(name: str) -> Any:
+    """The default of a declared parameter; for one a preset supplies, the classroom preset's.
+
+    >>> default("alpha"), default("lr"), default("batch_size")
+    (0.7, 0.05, 64)
+    """
+    value = _param(name).default
+    return PRESETS["classroom"][name] if value is None else value
+
+
+def describe(names: tuple[str, ...] = FIELDS) -> list[str]:
+    """One line per parameter, ``name: type = default  # comment`` (for help texts)."""
+    return [
+        f"{p.name}: {p.type.__name__} = {p.default!r}  # {p.comment}"
+        for p in (_param(n) for n in names)
+    ]
+
+
+def _fit_kwargs(self: Any, **overrides: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`kdbook.train.fit` this configuration sets.
+
+    ``num_epochs``, ``lr``, ``batch_size``, ``device``, ``temperature`` and ``alpha``
+    (fit ignores the last two without a teacher); ``overrides`` replace or add entries
+    (``cfg.fit_kwargs(num_epochs=5, precision="bf16")``). The seed is not among them:
+    each run passes its own.
+    """
+    return {p.name: getattr(self, p.name) for p in PARAMS if p.fit} | overrides
+
+
+def _as_dict(self: Any) -> dict[str, Any]:
+    """The resolved parameters, in declaration order (the ``config`` of metrics files)."""
+    return dataclasses.asdict(self)
+
+
+Config = dataclasses.make_dataclass(
+    "Config",
+    [(p.name, p.type) for p in PARAMS],
+    frozen=True,
+    namespace={
+        "__doc__": "Every shared knob of the book, resolved against a preset and validated.",
+        "as_dict": _as_dict,
+        "fit_kwargs": _fit_kwargs,
+    },
+)
+Config.__module__ = __name__
+
+
+def check_dataset_spec(spec: Any) -> None:
+    """Raise ValueError unless ``spec`` names a known data set (paths are checked at load)."""
+    _param("dataset").validate(spec)
+
+
+def check_params(params: Mapping[str, Any]) -> None:
+    """Validate shared parameters by name; raise ValueError naming the first bad one.
+
+    Only the names present are checked (names that are not declared pass), so a notebook
+    or command can pass a subset. ``None`` means "the preset's value" for every knob a
+    preset sets.
+    """
     for name, value in params.items():
-        if value is None and name in PRESETS["classroom"]:
+        if name not in _BY_NAME or (value is None and name in PRESETS["classroom"]):
             continue
-        if name == "dataset":
-            check_dataset_spec(value)
-        elif name == "preset" and value not in PRESETS:
-            _fail(name, value, f"one of {sorted(PRESETS)}")
-        elif name in ("seed",) and not (_is_int(value) and value >= 0):
-            _fail(name, value, "an integer >= 0")
-        elif name in ("num_seeds", "num_epochs", "batch_size") and not (
-            _is_int(value) and value >= 1
-        ):
-            _fail(name, value, "an integer >= 1")
-        elif name in ("teacher", "student") and value not in list_models():
-            _fail(name, value, f"one of {list_models()}")
-        elif name == "temperature" and not (_is_number(value) and value > 0):
-            _fail(name, value, "a number > 0")
-        elif name == "alpha" and not (_is_number(value) and 0 <= value <= 1):
-            _fail(name, value, "a number in [0, 1]")
-        elif name == "lr" and not (_is_number(value) and value > 0):
-            _fail(name, value, "a number > 0")
-        elif name == "label_fraction" and not (_is_number(value) and 0 < value <= 1):
-            _fail(name, value, "a number in (0, 1]")
-        elif name == "device" and not (isinstance(value, str) and DEVICE_PATTERN.fullmatch(value)):
-            _fail(name, value, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-        elif name == "run_dir" and not (isinstance(value, str) and value):
-            _fail(name, value, "a non-empty path")
+        _BY_NAME[name].validate(value)
 
 
-def make_config(
-    preset: str = "classroom",
-    *,
-    dataset: str | None = None,
-    seed: int = 0,
-    num_seeds: int | None = None,
-    teacher: str | None = None,
-    student: str | None = None,
-    temperature: float = 4.0,
-    alpha: float = 0.7,
-    num_epochs: int | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    device: str | None = None,
-    run_dir: str = "../runs/lab",
-    label_fraction: float | None = None,
-) -> Config:
+def make_config(preset: str = "classroom", **given: Any) -> Config:
     """Resolve parameters against ``preset`` and validate them all before any work.
 
     Args:
         preset: one of :data:`PRESETS`; supplies every parameter left at ``None``.
-        The rest: the book's shared parameters (see README, "Parameters").
+        **given: the book's shared parameters (:data:`PARAMS`, README "Parameters");
+            one not given takes its declared default.
 
     Returns:
         A frozen :class:`Config`.
     """
+    unknown = sorted(set(given) - set(FIELDS))
+    if unknown:
+        raise TypeError(
+            f"make_config() got an unexpected parameter {unknown[0]!r}; accepted: "
+            f"{', '.join(FIELDS)}"
+        )
     check_params({"preset": preset})
-    given = {
-        "dataset": dataset,
-        "seed": seed,
-        "num_seeds": num_seeds,
-        "teacher": teacher,
-        "student": student,
-        "temperature": temperature,
-        "alpha": alpha,
-        "num_epochs": num_epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "device": device,
-        "run_dir": run_dir,
-        "label_fraction": label_fraction,
-    }
-    resolved = {k: (PRESETS[preset].get(k) if v is None else v) for k, v in given.items()}
+    resolved = {}
+    for p in PARAMS:
+        value = preset if p.name == "preset" else given.get(p.name, p.default)
+        if value is None:
+            value = PRESETS[preset].get(p.name)
+        if p.type is float and _is_int(value):
+            value = float(value)
+        resolved[p.name] = value
     if resolved["dataset"] is None:
         _fail("dataset", None, f"given with preset {preset!r} ('imagefolder:PATH')")
-    if _is_int(resolved["temperature"]) or _is_int(resolved["alpha"]):
-        resolved["temperature"] = float(resolved["temperature"])
-        resolved["alpha"] = float(resolved["alpha"])
     check_params(resolved)
-    return Config(preset=preset, **resolved)
+    return Config(**resolved)
+
+
+make_config.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("preset", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="classroom")]
+    + [
+        inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default)
+        for p in PARAMS
+        if p.name != "preset"
+    ],
+    return_annotation="Config",
+)
+
+
+def config_from(namespace: Mapping[str, Any]) -> Config:
+    """:func:`make_config` from the declared names found in ``namespace``.
+
+    A notebook calls ``cfg = config_from(globals())`` after its parameters cell: every
+    shared parameter it declares reaches the configuration, the others take their
+    defaults, and the notebook's own parameters (``hint_weight``, ...) are left alone.
+    """
+    return make_config(**{name: namespace[name] for name in FIELDS if name in namespace})
 
 
 def resolve_device(device: str) -> str:

@@ -159,6 +159,80 @@ def _call(fn: KDLossFn, *args) -> tuple[torch.Tensor | None, str | None]:
     return value, None
 
 
+def _term_problems(
+    values: dict[float, float], s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature
+) -> tuple[list[str], bool, float]:
+    """The loss at alpha 0, 1 and PROBE_ALPHA against kd_loss: problems, right, soft alpha."""
+    problems: list[str] = []
+    ce = F.cross_entropy(s, y).item()
+    right = all(_close(values[a], kd_loss(s, t, y, temperature, a).item()) for a in values)
+    swapped = _close(values[1.0], ce) and not _close(values[0.0], ce)
+    soft_alpha = 0.0 if swapped else 1.0
+    if not right:
+        if swapped:
+            problems.append(
+                "alpha weights the cross-entropy instead of the soft term (source 3's "
+                "convention; at alpha=1 only the cross-entropy is left): write "
+                "alpha * soft + (1 - alpha) * CE, or call it with 1 - alpha"
+            )
+        elif not _close(values[0.0], ce) and not math.isnan(values[1.0]):
+            # (0 * NaN is NaN: a NaN soft term spoils alpha=0 too; it is named below)
+            problems.append(
+                f"at alpha=0 (cross-entropy only) the loss is {values[0.0]:.4f}, "
+                f"F.cross_entropy(student_logits, targets) is {ce:.4f}: the hard term is the "
+                "plain cross-entropy of the unsoftened logits, weighted by 1 - alpha"
+            )
+        soft = values[soft_alpha]
+        right_soft = soft_kd_term(s, t, temperature).item()
+        if not _close(soft, right_soft):
+            matches = [k for k, v in _soft_variants(s, t, temperature).items() if _close(soft, v)]
+            if matches:
+                problems += [_explain(m, temperature) for m in min(matches, key=len)]
+            else:
+                problems.append(
+                    f"the soft term alone (alpha={soft_alpha:g}) is {soft:.4f}, "
+                    f"T^2 * KL(teacher || student) is {right_soft:.4f} (ratio "
+                    f"{soft / right_soft:.4g}): compare yours with kdbook.losses.soft_kd_term"
+                )
+        mix_weight = 1 - PROBE_ALPHA if swapped else PROBE_ALPHA
+        mixed = mix_weight * values[soft_alpha] + (1 - mix_weight) * values[1 - soft_alpha]
+        if not _close(values[PROBE_ALPHA], mixed):
+            problems.append(
+                f"the loss at alpha={PROBE_ALPHA} is not the weighted sum of the two terms "
+                "(its values at alpha=1 and alpha=0): mix them as "
+                "alpha * soft + (1 - alpha) * CE"
+            )
+
+    return problems, right, soft_alpha
+
+
+def _invariance_problems(
+    fn: KDLossFn, s, t, y, temperature: float, soft_alpha: float, value: float
+) -> list[str]:
+    """Student == teacher must give a soft term of 0; a doubled batch the same loss."""
+    problems: list[str] = []
+    same, error = _call(fn, s, s.clone(), y, temperature, soft_alpha)
+    if error:
+        problems.append(error)
+    elif not _close(same.item(), 0.0):
+        problems.append(
+            f"with student == teacher the soft term is {same.item():.4g}, not 0: the KL of a "
+            "distribution with itself is 0 (check which side gets log_softmax and log_target)"
+        )
+    doubled, error = _call(
+        fn, torch.cat([s, s]), torch.cat([t, t]), torch.cat([y, y]), temperature, PROBE_ALPHA
+    )
+    if error:
+        problems.append(error)
+    elif not _close(doubled.item(), value):
+        problems.append(
+            f"duplicating the batch changes the loss from {value:.4f} to "
+            f"{doubled.item():.4f}: a per-sample mean must not depend on the batch size "
+            "(use reduction='batchmean', not 'sum')"
+        )
+    return problems
+
+
 def check_kd_loss(fn: KDLossFn, *, temperature: float = 4.0) -> Diagnosis:
     """Probe ``fn(student_logits, teacher_logits, targets, temperature, alpha)`` and name its bugs.
 
@@ -206,65 +280,8 @@ def check_kd_loss(fn: KDLossFn, *, temperature: float = 4.0) -> Diagnosis:
             return Diagnosis(False, [error])
         values[a] = v.item()
 
-    problems: list[str] = []
-    ce = F.cross_entropy(s, y).item()
-    right = all(_close(values[a], kd_loss(s, t, y, temperature, a).item()) for a in values)
-    swapped = _close(values[1.0], ce) and not _close(values[0.0], ce)
-    soft_alpha = 0.0 if swapped else 1.0
-    if not right:
-        if swapped:
-            problems.append(
-                "alpha weights the cross-entropy instead of the soft term (source 3's "
-                "convention; at alpha=1 only the cross-entropy is left): write "
-                "alpha * soft + (1 - alpha) * CE, or call it with 1 - alpha"
-            )
-        elif not _close(values[0.0], ce) and not math.isnan(values[1.0]):
-            # (0 * NaN is NaN: a NaN soft term spoils alpha=0 too; it is named below)
-            problems.append(
-                f"at alpha=0 (cross-entropy only) the loss is {values[0.0]:.4f}, "
-                f"F.cross_entropy(student_logits, targets) is {ce:.4f}: the hard term is the "
-                "plain cross-entropy of the unsoftened logits, weighted by 1 - alpha"
-            )
-        soft = values[soft_alpha]
-        right_soft = soft_kd_term(s, t, temperature).item()
-        if not _close(soft, right_soft):
-            matches = [k for k, v in _soft_variants(s, t, temperature).items() if _close(soft, v)]
-            if matches:
-                problems += [_explain(m, temperature) for m in min(matches, key=len)]
-            else:
-                problems.append(
-                    f"the soft term alone (alpha={soft_alpha:g}) is {soft:.4f}, "
-                    f"T^2 * KL(teacher || student) is {right_soft:.4f} (ratio "
-                    f"{soft / right_soft:.4g}): compare yours with kdbook.losses.soft_kd_term"
-                )
-        mix_weight = 1 - PROBE_ALPHA if swapped else PROBE_ALPHA
-        mixed = mix_weight * values[soft_alpha] + (1 - mix_weight) * values[1 - soft_alpha]
-        if not _close(values[PROBE_ALPHA], mixed):
-            problems.append(
-                f"the loss at alpha={PROBE_ALPHA} is not the weighted sum of the two terms "
-                "(its values at alpha=1 and alpha=0): mix them as "
-                "alpha * soft + (1 - alpha) * CE"
-            )
-
-    same, error = _call(fn, s, s.clone(), y, temperature, soft_alpha)
-    if error:
-        problems.append(error)
-    elif not _close(same.item(), 0.0):
-        problems.append(
-            f"with student == teacher the soft term is {same.item():.4g}, not 0: the KL of a "
-            "distribution with itself is 0 (check which side gets log_softmax and log_target)"
-        )
-    doubled, error = _call(
-        fn, torch.cat([s, s]), torch.cat([t, t]), torch.cat([y, y]), temperature, PROBE_ALPHA
-    )
-    if error:
-        problems.append(error)
-    elif not _close(doubled.item(), values[PROBE_ALPHA]):
-        problems.append(
-            f"duplicating the batch changes the loss from {values[PROBE_ALPHA]:.4f} to "
-            f"{doubled.item():.4f}: a per-sample mean must not depend on the batch size "
-            "(use reduction='batchmean', not 'sum')"
-        )
+    problems, right, soft_alpha = _term_problems(values, s, t, y, temperature)
+    problems += _invariance_problems(fn, s, t, y, temperature, soft_alpha, values[PROBE_ALPHA])
     if not problems and not right:
         problems.append("the loss differs from kd_loss in a way this check does not recognise")
     return Diagnosis(not problems, problems)
@@ -274,7 +291,7 @@ def check_mean_ci(values: Sequence[float], mean: float | None, ci95: float | Non
     """Check a mean and 95% half-width computed by hand from ``values`` (e.g. per-seed gains).
 
     The right interval is Student's t: ``mean ± t(0.975, n - 1) * sd / sqrt(n)`` with the
-    sample standard deviation (``ddof=1``), as :func:`kdbook.evaluate.mean_ci` computes.
+    sample standard deviation (``ddof=1``), as :func:`kdbook.compare.mean_ci` computes.
     With 5 seeds t is about 2.78, not 1.96: few runs make a wider interval.
 
     Args:
@@ -287,7 +304,7 @@ def check_mean_ci(values: Sequence[float], mean: float | None, ci95: float | Non
     """
     from scipy.stats import t as student_t
 
-    from kdbook.evaluate import mean_ci
+    from kdbook.compare import mean_ci
 
     values = [float(v) for v in values]
     if len(values) < 2:

@@ -7,14 +7,21 @@ attention distillation) and ``forward_head`` (pooling and classifier).
 >>> model = build_model("tiny_cnn", num_classes=10, in_channels=1, image_size=8)
 >>> count_params(model)
 694
+>>> from kdbook.data import load_dataset
+>>> count_params(build_model("tiny_cnn", load_dataset("digits")))  # sized to the data
+694
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from kdbook.data import Dataset
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _MIN_IMAGE_SIZE: dict[str, int] = {}
@@ -43,19 +50,40 @@ def list_models() -> list[str]:
 
 
 def build_model(
-    name: str, num_classes: int, *, in_channels: int = 3, image_size: int = 32, **kwargs
+    name: str,
+    num_classes: int | Dataset,
+    *,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model.
+    """Build a registered model, sized to a data set or to the sizes given.
+
+    ``build_model(name, data)`` takes the classes, channels and image side of ``data`` (a
+    :class:`kdbook.data.Dataset`); ``build_model(name, 10, in_channels=1, image_size=8)``
+    gives them one by one.
 
     Args:
         name: one of :func:`list_models`.
-        num_classes: size of the output layer.
-        in_channels: channels of the input images (1 for digits, 3 for colour).
-        image_size: side of the square input, for models whose head depends on it.
+        num_classes: size of the output layer, or the data set to size the model to.
+        in_channels: channels of the input images (1 for digits, 3 for colour; default 3).
+        image_size: side of the square input, for models whose head depends on it
+            (default 32).
 
     Returns:
         The model, in train mode, on the CPU.
     """
+    if not _is_int(num_classes) and hasattr(num_classes, "num_classes"):  # a Dataset
+        data = num_classes
+        for given, size in (("in_channels", in_channels), ("image_size", image_size)):
+            if size is not None:
+                raise ValueError(
+                    f"{given} must not be given with a data set (it sizes the model), "
+                    f"got {given}={size!r}"
+                )
+        num_classes, in_channels, image_size = data.num_classes, data.in_channels, data.image_size
+    in_channels = 3 if in_channels is None else in_channels
+    image_size = 32 if image_size is None else image_size
     if name not in _REGISTRY:
         raise ValueError(f"model must be one of {list_models()}, got {name!r}")
     if not (_is_int(num_classes) and num_classes >= 2):
@@ -315,3 +343,29 @@ def flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def check_model_fits(model: nn.Module, data: Any, device: torch.device, role: str) -> None:
+    """One forward pass in eval mode (no state changes): ``model`` fits ``data``'s classes.
+
+    Raises ValueError naming ``role`` ("model", "teacher") when the images do not go
+    through it or it outputs another number of classes than ``data.num_classes``.
+    """
+    was_training = model.training
+    model.eval()
+    x = data.normalize(data.train.images[:2].to(device))
+    try:
+        out = model(x)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{role} cannot run on data set {data.name!r}'s images of shape "
+            f"{tuple(x.shape[1:])}: {e}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise ValueError(
+            f"{role} outputs {out.shape[-1]} classes, data set {data.name!r} has "
+            f"{data.num_classes}: build it with num_classes={data.num_classes}"
+        )

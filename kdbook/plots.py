@@ -313,7 +313,7 @@ def interval_plot(
 
     Args:
         per_seed: one column per method, one row per seed.
-        summary: indexed by method, with ``mean`` and ``ci95`` (``kdbook.evaluate.summarize``).
+        summary: indexed by method, with ``mean`` and ``ci95`` (``kdbook.compare.summarize``).
         title, xlabel: texts of the figure (put the unit in ``xlabel``).
     """
     methods = [m for m in per_seed.columns if m in summary.index]

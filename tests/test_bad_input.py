@@ -20,11 +20,12 @@ import pytest
 import torch
 from PIL import Image
 
+from kdbook.checkpoint import load_checkpoint, save_checkpoint
 from kdbook.config import make_config
 from kdbook.data import CIFAR10_FILES, CIFAR10_FOLDER, Dataset, load_dataset
 from kdbook.losses import kd_loss, soft_kd_term
 from kdbook.models import build_model
-from kdbook.train import fit, load_checkpoint, save_checkpoint
+from kdbook.train import fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

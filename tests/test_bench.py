@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
 from torchvision import transforms
 
+import kdbook.bench as bench
 from kdbook.bench import (
     CACHED,
     KDBOOK,
@@ -23,9 +25,9 @@ from kdbook.bench import (
 )
 from kdbook.cli import main
 from kdbook.data import Loader
+from kdbook.distill import cache_teacher_logits
 from kdbook.losses import kd_loss
 from kdbook.models import build_model
-from kdbook.train import cache_teacher_logits
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -41,7 +43,6 @@ def test_smoke_bench_is_well_formed(smoke) -> None:
     for p in smoke.paths:
         assert p.images == 3 * 128 and p.seconds > 0 and p.images_per_s > 0
         assert p.rounds == [pytest.approx(p.images / p.seconds)]
-        assert p.ratio == pytest.approx(p.images_per_s / smoke.path(SEED_STYLE).images_per_s)
         assert len(p.losses) == 3 and all(math.isfinite(v) for v in p.losses)
         assert p.peak_host_mb is not None and p.peak_host_mb >= 0
         assert p.peak_device_mb is None  # a CPU run
@@ -81,6 +82,41 @@ def test_teacher_alone_is_timed_apart_without_a_ratio(smoke) -> None:
     assert smoke.to_dict()["teacher_alone"]["images_per_s"] == t.images_per_s
     line = next(x for x in smoke.table().splitlines() if x.startswith(TEACHER_ALONE))
     assert line.split()[-1] == "-"
+
+
+DELAY = 0.2  # seconds added to every batch of the path made slower
+
+
+@pytest.mark.parametrize("slowed", [SEED_STYLE, KDBOOK])
+def test_the_ratio_follows_a_path_made_slower(digits, monkeypatch, slowed: str) -> None:
+    """A sleep in one path's batch iterator (fetching a batch is part of a timed step): the
+    slowed path's images/s is bounded by the sleep, and the ratio moves its way."""
+    name = "_seed_style_batches" if slowed == SEED_STYLE else "_kdbook_batches"
+    real = getattr(bench, name)
+
+    def slow_batches(*args):
+        batches = real(*args)
+        try:
+            for batch in batches:
+                time.sleep(DELAY)
+                yield batch
+        finally:
+            batches.close()
+
+    monkeypatch.setattr(bench, name, slow_batches)
+    result = run_bench("classroom", smoke=True, augment=False, num_workers=0, data=digits)
+    seed_style, kdbook, cached = (result.path(n) for n in (SEED_STYLE, KDBOOK, CACHED))
+    slow = seed_style if slowed == SEED_STYLE else kdbook
+    # 3 timed steps of 128 images take at least 3 sleeps
+    assert slow.seconds >= 3 * DELAY and slow.images_per_s <= 128 / DELAY
+    assert seed_style.ratio == 1.0
+    if slowed == SEED_STYLE:  # kdbook's paths now run faster than the sources'
+        assert kdbook.ratio > 1 and cached.ratio > 1
+    else:  # kdbook's paths (the cached one too: the same batch iterator) run slower
+        assert kdbook.ratio < 1 and cached.ratio < 1
+        assert result.teacher_alone.images_per_s <= 128 / DELAY
+    for p in (kdbook, cached):
+        assert p.ratio > 0 and math.isfinite(p.ratio)
 
 
 def test_without_augmentation_the_cache_is_valid_and_gives_the_same_losses(digits) -> None:

@@ -1,4 +1,5 @@
-"""kdbook.book: validation before work, papermill runs of tiny notebooks, results, summary."""
+"""kdbook.runner and kdbook.report: validation before work, papermill runs of tiny notebooks,
+results, summary."""
 
 from __future__ import annotations
 
@@ -10,22 +11,24 @@ import nbformat
 import numpy as np
 import pytest
 
-from kdbook.book import (
+from kdbook.io import read_json
+from kdbook.report import (
+    format_interval,
+    human_count,
+    render_summary,
+    save_metrics,
+    verdict,
+    write_results,
+)
+from kdbook.runner import (
     WIDGET_STATE_MIME,
     BookError,
     format_error,
-    format_interval,
-    human_count,
     list_notebooks,
-    render_summary,
     resolve_notebooks,
     run_book,
-    save_metrics,
-    verdict,
     widget_errors,
-    write_results,
 )
-from kdbook.io import read_json
 
 PARAMS = """\
 temperature = 4.0  # softening temperature
@@ -38,7 +41,7 @@ import os
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from kdbook.book import save_metrics
+from kdbook.report import save_metrics
 
 fig, ax = plt.subplots()
 ax.plot([0, 1], [1, 0])
@@ -66,7 +69,7 @@ save_metrics(run_dir, "01_train", {
 """
 
 EVAL = """\
-from kdbook.book import save_metrics
+from kdbook.report import save_metrics
 save_metrics(run_dir, "02_eval", {
     "models": [{"model": "teacher", "latency_ms": 0.42, "accuracy_mean": None},
                {"model": "student (KD)", "arch": "tiny_cnn"}],
@@ -440,25 +443,27 @@ def test_dead_kernel_and_timeout_are_reported_by_cell(
 def test_kernel_start_failure_is_retried_once(
     make_notebook, notebook_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import kdbook.book as book
+    import kdbook.runner as runner
 
     make_notebook("01_train", PARAMS, REPORT)
-    real, calls = book._execute, []
+    real, calls = runner._execute, []
 
     def flaky(*args, **kwargs):
-        calls.append(args[0])
+        calls.append(Path(args[0]).stem)
         if len(calls) == 1:
             raise RuntimeError("Kernel didn't respond in 60 seconds")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(book, "_execute", flaky)
-    monkeypatch.setattr(book.time, "sleep", lambda s: None)
+    monkeypatch.setattr(runner, "_execute", flaky)
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
     run_book(out=tmp_path / "run", notebook_dir=notebook_dir)
     assert calls == ["01_train", "01_train"]
     assert read_json(tmp_path / "run" / "results.json")["status"] == "ok"
 
     calls.clear()
-    monkeypatch.setattr(book, "_execute", lambda *a, **k: (calls.append(a[0]), flaky_fail())[1])
+    monkeypatch.setattr(
+        runner, "_execute", lambda *a, **k: (calls.append(Path(a[0]).stem), flaky_fail())[1]
+    )
 
     def flaky_fail():
         raise RuntimeError("Kernel died before replying to kernel_info")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import kdbook.book
+import kdbook.runner
 from kdbook.cli import main, parse_value
 
 PARAMS = """\
@@ -24,12 +24,12 @@ def book_dir(make_notebook, notebook_dir: Path, monkeypatch: pytest.MonkeyPatch)
     make_notebook(
         "01_first",
         PARAMS,
-        "from kdbook.book import save_metrics\n"
+        "from kdbook.report import save_metrics\n"
         'save_metrics(run_dir, "01_first", {"models": [{"model": "teacher", '
         '"accuracy_mean": 0.5}], "config": {"temperature": temperature, "seed": seed}})',
     )
     make_notebook("02_second", 'run_dir = "unset"', 'raise KeyError("missing checkpoint")')
-    monkeypatch.setattr(kdbook.book, "NOTEBOOK_DIR", notebook_dir)
+    monkeypatch.setattr(kdbook.runner, "NOTEBOOK_DIR", notebook_dir)
     return notebook_dir
 
 

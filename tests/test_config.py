@@ -129,3 +129,85 @@ def test_resolve_device_refuses_missing_gpu():
         pytest.skip("a GPU is present here")
     with pytest.raises(ValueError, match=r"device .*'cuda:0'"):
         resolve_device("cuda:0")
+
+
+# -- the one declaration ----------------------------------------------------------------------
+
+
+def test_config_fields_are_the_declared_parameters_in_order():
+    from kdbook.config import FIELDS, PARAMS
+
+    assert [f.name for f in dataclasses.fields(Config)] == [p.name for p in PARAMS] == list(FIELDS)
+    assert list(make_config().as_dict()) == list(FIELDS)  # the order of results.json's config
+    assert {f.name: f.type for f in dataclasses.fields(Config)}["temperature"] is float
+
+
+def test_default_takes_the_declaration_or_the_classroom_preset():
+    from kdbook.config import default
+
+    assert (default("temperature"), default("alpha"), default("seed")) == (4.0, 0.7, 0)
+    assert default("num_epochs") == PRESETS["classroom"]["num_epochs"] == 30
+    assert (default("lr"), default("batch_size")) == (0.05, 64)
+    with pytest.raises(ValueError, match=r"parameter must be one of \[.*'alpha'.*\], got 'T'"):
+        default("T")
+
+
+def test_config_from_picks_the_declared_names_only():
+    from kdbook.config import config_from
+
+    namespace = {"preset": "cifar10", "alpha": 0.5, "hint_weight": 3.0, "teacher": None, "x": 1}
+    cfg = config_from(namespace)
+    assert cfg == make_config("cifar10", alpha=0.5)
+    assert cfg.teacher == PRESETS["cifar10"]["teacher"]
+    with pytest.raises(ValueError, match="alpha must be a number in"):
+        config_from({"alpha": 2.5, "other": "ignored"})
+
+
+def test_fit_kwargs_hands_fit_its_settings():
+    cfg = make_config(num_epochs=3, temperature=2.0)
+    assert cfg.fit_kwargs() == {
+        "num_epochs": 3,
+        "lr": 0.05,
+        "batch_size": 64,
+        "device": "cpu",
+        "temperature": 2.0,
+        "alpha": 0.7,
+    }
+    over = cfg.fit_kwargs(alpha=0.1, precision="bf16")
+    assert over["alpha"] == 0.1 and over["precision"] == "bf16" and over["num_epochs"] == 3
+    assert cfg.alpha == 0.7  # the configuration is not changed
+
+
+def test_make_config_refuses_an_unknown_parameter_and_keeps_its_signature():
+    import inspect
+
+    with pytest.raises(TypeError, match=r"unexpected parameter 'tempreature'; accepted: dataset"):
+        make_config(tempreature=2.0)
+    signature = inspect.signature(make_config)
+    assert list(signature.parameters)[:3] == ["preset", "dataset", "seed"]
+    assert signature.parameters["temperature"].default == 4.0
+    assert signature.parameters["num_epochs"].default is None
+
+
+def test_float_parameters_take_integers_and_unknown_names_pass_the_check():
+    from kdbook.config import check_params
+
+    cfg = make_config(lr=1, label_fraction=1)
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and isinstance(cfg.label_fraction, float)
+    check_params({"hint_weight": -1, "seed": 2})  # not a shared parameter: not checked here
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        check_params({"seed": -1})
+
+
+def test_train_help_lists_the_declared_parameters():
+    from kdbook.cli import build_parser
+    from kdbook.config import TRAIN_FIELDS, describe
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    help_text = train.format_help()
+    assert "num_seeds" not in TRAIN_FIELDS and "temperature" in TRAIN_FIELDS
+    for line in describe(TRAIN_FIELDS):
+        assert line in help_text
+    assert describe(("alpha",)) == [
+        "alpha: float = 0.7  # weight of the soft (KD) term; 1 - alpha weights cross-entropy"
+    ]

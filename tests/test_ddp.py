@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdbook.checkpoint import save_checkpoint
 from kdbook.cli import main
 from kdbook.data import load_dataset
 from kdbook.models import build_model
-from kdbook.train import fit, save_checkpoint
+from kdbook.train import FreezeHead, fit
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -92,6 +93,19 @@ def test_train_resumes_a_finished_run_without_training(tmp_path, capsys) -> None
     assert json.loads((tmp_path / "s.json").read_text())["epochs"] == first["epochs"]
 
 
+def test_train_log_dir_writes_tensorboard_scalars(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, logs = tmp_path / "s.pt", tmp_path / "tb"
+    args = ["train", "--no-progress", "-p", "num_epochs", "2", "--log-dir", str(logs)]
+    assert main([*args, "--out", str(out)]) == 0
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    epochs = json.loads((tmp_path / "s.json").read_text())["epochs"]
+    logged = [(e.step, e.value) for e in events.Scalars("val_acc")]
+    assert logged == [(r["epoch"], pytest.approx(r["val_acc"], rel=1e-6)) for r in epochs]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -143,7 +157,7 @@ def _hint_run(accumulation_steps: int) -> dict[str, torch.Tensor]:
         teacher=teacher,
         feature_loss=hint,
         feature_weight=0.5,
-        freeze_head=0.5,
+        hooks=[FreezeHead(0.5)],
         num_epochs=1,
         accumulation_steps=accumulation_steps,
         progress=False,

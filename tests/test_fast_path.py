@@ -10,7 +10,9 @@ from helpers import tiny
 from torch import nn
 
 from kdbook.data import Loader
-from kdbook.train import LogitCache, cache_teacher_logits, fit, resolve_precision
+from kdbook.distill import LogitCache, cache_teacher_logits
+from kdbook.runtime import resolve_precision
+from kdbook.train import TensorBoard, fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -190,7 +192,9 @@ def test_loader_shards_make_up_the_single_process_batch(digits) -> None:
 def test_log_dir_gets_every_record_as_tensorboard_scalars(digits, tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    history = fit(tiny(digits), digits, num_epochs=2, log_dir=tmp_path / "tb", progress=False)
+    history = fit(
+        tiny(digits), digits, num_epochs=2, hooks=[TensorBoard(tmp_path / "tb")], progress=False
+    )
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -198,3 +202,24 @@ def test_log_dir_gets_every_record_as_tensorboard_scalars(digits, tmp_path) -> N
     logged = [(e.step, e.value) for e in events.Scalars("val_acc")]
     expected = [(r["epoch"], r["val_acc"]) for r in history.epochs]
     assert logged == [(step, pytest.approx(value, rel=1e-6)) for step, value in expected]
+
+
+def test_tensorboard_writer_is_closed_when_nothing_trains_or_training_stops(
+    digits, tmp_path, capsys
+) -> None:
+    path = tmp_path / "s.pt"
+    fit(tiny(digits), digits, num_epochs=1, checkpoint=path, progress=False)
+    board = TensorBoard(tmp_path / "tb")
+    fit(tiny(digits), digits, num_epochs=1, checkpoint=path, hooks=[board], progress=False)
+    assert "already finished" in capsys.readouterr().out
+    assert board.writer is None  # opened by start, closed although no epoch ran
+
+    def interrupt(module, inputs, output):
+        if module.training:
+            raise KeyboardInterrupt
+
+    model = tiny(digits)
+    model.register_forward_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, digits, num_epochs=1, hooks=[board], progress=False)
+    assert board.writer is None

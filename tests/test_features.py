@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from helpers import tiny
 
+from kdbook.checkpoint import load_checkpoint
 from kdbook.losses import (
     AttentionTransfer,
     FeatureAdapter,
@@ -20,7 +21,7 @@ from kdbook.losses import (
     tokens_to_map,
 )
 from kdbook.models import feature_shape
-from kdbook.train import fit, load_checkpoint
+from kdbook.train import fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

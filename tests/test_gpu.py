@@ -10,7 +10,9 @@ import pytest
 import torch
 from helpers import tiny
 
-from kdbook.train import cache_teacher_logits, fit, resolve_precision
+from kdbook.distill import cache_teacher_logits
+from kdbook.runtime import resolve_precision
+from kdbook.train import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -1,4 +1,4 @@
-"""The run folder as a static HTML book: kdbook.book.render_html (run_book calls it)."""
+"""The run folder as a static HTML book: kdbook.html.render_html (run_book calls it)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kdbook.book import STATIC_DIR, render_html, run_book
+from kdbook.html import STATIC_DIR, render_html
+from kdbook.runner import run_book
 
 SLIDER_CELL = """\
 import ipywidgets as widgets
@@ -28,7 +29,7 @@ display(widgets.VBox([slider, widgets.interactive_output(draw, {"T": slider})]))
 
 FIGURE_CELL = """\
 import matplotlib.pyplot as plt
-from kdbook.book import save_metrics
+from kdbook.report import save_metrics
 
 fig, ax = plt.subplots(figsize=(2, 2))
 ax.plot([0, 1], [0, 1])

@@ -189,3 +189,17 @@ def test_feature_shape_of_a_cnn():
     model = build_model("simple_resnet", 10, in_channels=1, image_size=8)
     assert feature_shape(model, 1, 8) == (128, 2, 2)
     assert model.training  # restored
+
+
+def test_build_model_sized_to_a_data_set(digits) -> None:
+    torch.manual_seed(0)
+    by_data = build_model("tiny_cnn", digits)
+    torch.manual_seed(0)
+    by_sizes = build_model("tiny_cnn", 10, in_channels=1, image_size=8)
+    assert by_data.kdbook_name == "tiny_cnn"
+    expected = by_sizes.state_dict()
+    for k, a in by_data.state_dict().items():
+        assert torch.equal(a, expected[k]), k  # same sizes, same draws, same weights
+    assert by_data(digits.normalize(digits.test.images[:2])).shape == (2, digits.num_classes)
+    with pytest.raises(ValueError, match="image_size must not be given with a data set"):
+        build_model("tiny_cnn", digits, image_size=8)

@@ -5,6 +5,7 @@ Executing them is `make test`'s job (papermill, then nbval on the executed copie
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 
@@ -12,8 +13,8 @@ import nbformat
 import papermill
 import pytest
 
-from kdbook.book import NOTEBOOK_DIR, list_notebooks
-from kdbook.config import Config
+from kdbook.config import Config, config_from
+from kdbook.runner import NOTEBOOK_DIR, list_notebooks
 
 NOTEBOOKS = list_notebooks()
 SHARED = {f.name for f in dataclasses.fields(Config)}
@@ -102,10 +103,13 @@ def test_reports_its_metrics_and_ends_with_exercises(name: str) -> None:
 def test_config_cell_passes_every_declared_parameter(name: str) -> None:
     """The shared parameters all reach the Config (notebook-specific ones are used directly)."""
     nb = read(name)
-    declared = list(papermill.inspect_notebook(NOTEBOOK_DIR / f"{name}.ipynb"))
-    config = next(c for c in nb.cells if c.cell_type == "code" and "make_config(" in c.source)
-    for param in declared:
-        if param in SHARED and param != "preset":
-            assert re.search(rf"\b{param}={param}\b", config.source), (
-                f"make_config(...) does not receive {param}"
-            )
+    declared = papermill.inspect_notebook(NOTEBOOK_DIR / f"{name}.ipynb")
+    config = next(c for c in nb.cells if c.cell_type == "code" and "config_from(" in c.source)
+    assert re.search(r"^cfg = config_from\(globals\(\)\)$", config.source, re.M), (
+        "the config cell builds cfg = config_from(globals()) from the parameters cell"
+    )
+    defaults = {p: ast.literal_eval(v["default"]) for p, v in declared.items()}
+    cfg = config_from(defaults)  # what the config cell computes from the declared values
+    for param, value in defaults.items():
+        if param in SHARED and value is not None:
+            assert getattr(cfg, param) == value, f"config_from(...) does not receive {param}"

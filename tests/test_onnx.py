@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from kdbook.evaluate import ONNX_INPUT, ONNX_OUTPUT, check_onnx, export_onnx
+from kdbook.deploy import ONNX_INPUT, ONNX_OUTPUT, check_onnx, export_onnx
 from kdbook.models import build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")

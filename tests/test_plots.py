@@ -13,7 +13,8 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from kdbook import plots  # noqa: E402
-from kdbook.evaluate import calibration_bins, summarize  # noqa: E402
+from kdbook.compare import summarize  # noqa: E402
+from kdbook.evaluate import calibration_bins  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

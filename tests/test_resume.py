@@ -14,7 +14,8 @@ import pytest
 import torch
 from helpers import tiny
 
-from kdbook.train import fit, load_checkpoint, save_checkpoint
+from kdbook.checkpoint import load_checkpoint, save_checkpoint
+from kdbook.train import fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -179,7 +180,7 @@ def test_other_labels_or_plain_checkpoint_start_afresh(digits, tmp_path, capsys)
 
 def test_teacher_from_run_continues_an_interrupted_teacher(digits, tmp_path, capsys):
     from kdbook.config import make_config
-    from kdbook.train import teacher_from_run
+    from kdbook.recipes import teacher_from_run
 
     cfg = make_config(teacher="tiny_cnn", num_epochs=2, run_dir=str(tmp_path))
     path = tmp_path / "teacher.pt"

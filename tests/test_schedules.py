@@ -6,8 +6,9 @@ import pytest
 import torch
 from helpers import tiny
 
+from kdbook.checkpoint import load_checkpoint
 from kdbook.schedules import Schedule, dynamic_weights, linear, stages, temperature_decay
-from kdbook.train import fit, load_checkpoint
+from kdbook.train import fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

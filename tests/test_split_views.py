@@ -12,7 +12,8 @@ from helpers import tiny
 from torch import nn
 
 from kdbook.data import Augment
-from kdbook.train import cache_teacher_logits, fit
+from kdbook.distill import cache_teacher_logits
+from kdbook.train import FreezeHead, fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -235,7 +236,7 @@ def test_the_head_gets_no_update_in_the_frozen_fraction_only(digits, freeze_head
         model,
         digits,
         teacher=tiny(digits, 1),
-        freeze_head=freeze_head,
+        hooks=[FreezeHead(freeze_head)],
         num_epochs=num_epochs,
         batch_size=BATCH,
         progress=False,
@@ -263,7 +264,7 @@ def test_freeze_head_works_on_the_vit_head(digits):
         )
     )
     # 6 steps of 256: steps 0..4 have progress k / 6 < 0.8 (frozen), step 5 updates the head
-    fit(vit, digits, num_epochs=1, batch_size=256, freeze_head=0.8, progress=False)
+    fit(vit, digits, num_epochs=1, batch_size=256, hooks=[FreezeHead(0.8)], progress=False)
     assert len(heads) == 6
     assert all(torch.equal(a, b) for a, b in zip(heads[0], heads[-1], strict=True))
     final = [p.detach() for p in vit.head.parameters()]
@@ -275,12 +276,13 @@ def test_bad_freeze_head_values_are_refused_before_training(digits, bad):
     model = tiny(digits)
     before = [p.clone() for p in model.parameters()]
     with pytest.raises(ValueError, match="freeze_head"):
-        fit(model, digits, freeze_head=bad, num_epochs=1, progress=False)
+        fit(model, digits, hooks=[FreezeHead(bad)], num_epochs=1, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_freeze_head_needs_a_model_with_a_head(digits):
     headless = nn.Sequential(nn.Flatten(), nn.Linear(64, digits.num_classes))
     with pytest.raises(ValueError, match="freeze_head needs model.head"):
-        fit(headless, digits, freeze_head=0.5, num_epochs=1, progress=False)
-    fit(headless, digits, freeze_head=0.0, num_epochs=1, progress=False)  # 0: nothing to freeze
+        fit(headless, digits, hooks=[FreezeHead(0.5)], num_epochs=1, progress=False)
+    # 0: nothing to freeze
+    fit(headless, digits, hooks=[FreezeHead(0.0)], num_epochs=1, progress=False)

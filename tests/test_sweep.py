@@ -8,8 +8,15 @@ import pandas as pd
 import pytest
 from conftest import write_notebook
 
-from kdbook.book import merge_sweeps, metrics_rows, parse_shard, point_name, run_sweep, sweep_points
 from kdbook.cli import main, parse_grid
+from kdbook.sweep import (
+    merge_sweeps,
+    metrics_rows,
+    parse_shard,
+    point_name,
+    run_sweep,
+    sweep_points,
+)
 
 PARAMS = """\
 temperature = 1.0  # softening temperature
@@ -19,7 +26,7 @@ run_dir = "unset"  # the run folder
 """
 
 REPORT = """\
-from kdbook.book import save_metrics
+from kdbook.report import save_metrics
 if temperature == 2 and alpha == 0.9:
     raise RuntimeError("this point fails on purpose")
 save_metrics(run_dir, "01_point", {

@@ -8,10 +8,13 @@ import pytest
 import torch
 from helpers import tiny
 
+from kdbook.checkpoint import History, load_checkpoint, save_checkpoint
 from kdbook.config import make_config
+from kdbook.data import UNLABELED, Loader
 from kdbook.evaluate import predict
 from kdbook.models import build_model
-from kdbook.train import History, fit, load_checkpoint, save_checkpoint, teacher_from_run
+from kdbook.recipes import teacher_from_run
+from kdbook.train import ClipGradNorm, fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -73,16 +76,81 @@ def test_another_seed_gives_another_run(digits):
     assert not torch.equal(a.head[1].weight, b.head[1].weight)
 
 
-def test_scarce_labels_without_teacher_train_on_labelled_only(digits):
+def record_training(model, monkeypatch):
+    """Per training step: the labels of the batch (from the shuffled training Loader) and the
+    model's predictions on it (its training-mode forward pass, before the optimizer step)."""
+    labels, predictions, inputs = [], [], []
+    real_iter = Loader.__iter__
+
+    def spy(self):
+        for batch in real_iter(self):
+            if self.shuffle:  # the training loader; evaluation loaders do not shuffle
+                labels.append(batch[1].clone())
+            yield batch
+
+    monkeypatch.setattr(Loader, "__iter__", spy)
+
+    def hook(module, args, output):
+        if module.training:
+            inputs.append(args[0].detach().clone())
+            predictions.append(output.detach().argmax(1))
+
+    model.register_forward_hook(hook)
+    return labels, predictions, inputs
+
+
+def accuracy_on_labelled(labels, predictions) -> tuple[float, int, int]:
+    """100 * right / labelled over the labelled samples of the steps, with both counts."""
+    assert labels and len(labels) == len(predictions)
+    y, p = torch.cat(labels), torch.cat(predictions)
+    labelled = y != UNLABELED
+    right = int((p[labelled] == y[labelled]).sum())
+    return 100.0 * right / int(labelled.sum()), int(labelled.sum()), len(y)
+
+
+def test_scarce_labels_without_teacher_train_on_labelled_only(digits, monkeypatch):
     scarce = digits.with_label_fraction(0.1)
-    history = fit(tiny(digits), scarce, num_epochs=1, batch_size=64, progress=False)
+    model = tiny(digits)
+    labels, predictions, _ = record_training(model, monkeypatch)
+    history = fit(model, scarce, num_epochs=1, batch_size=64, progress=False)
     assert history.settings["train_samples"] == int((scarce.train.labels >= 0).sum())
-    assert history.final["train_acc"] >= 0
+    # train_acc is the accuracy of the predictions made on what the model trained on
+    expected, labelled, seen = accuracy_on_labelled(labels, predictions)
+    assert labelled == seen == 64 * -(-len(digits.train) // 64)  # labelled samples only
+    assert history.final["train_acc"] == expected
+    assert 0 < history.final["train_acc"] < 100
 
 
-def test_adamw_and_no_augmentation(digits):
+def test_train_acc_counts_the_labelled_samples_only(digits, teacher, monkeypatch):
+    """With a teacher every sample trains; train_acc is over the labelled ones only."""
+    scarce = digits.with_label_fraction(0.2)
+    model = tiny(digits)
+    labels, predictions, _ = record_training(model, monkeypatch)
+    history = fit(model, scarce, teacher=teacher, num_epochs=1, batch_size=64, progress=False)
+    expected, labelled, seen = accuracy_on_labelled(labels, predictions)
+    assert 0 < labelled < seen == len(digits.train)  # unlabelled samples were trained on
+    assert history.final["train_acc"] == expected
+    assert 0 < history.final["train_acc"] < 100
+
+
+def test_adamw_and_no_augmentation(digits, monkeypatch):
+    calls = {"adamw": [], "sgd": 0}
+    real_adamw, real_sgd = torch.optim.AdamW.step, torch.optim.SGD.step
+
+    def adamw_step(self, *args, **kwargs):
+        calls["adamw"].append((self.defaults["lr"], self.defaults["weight_decay"]))
+        return real_adamw(self, *args, **kwargs)
+
+    def sgd_step(self, *args, **kwargs):
+        calls["sgd"] += 1
+        return real_sgd(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", adamw_step)
+    monkeypatch.setattr(torch.optim.SGD, "step", sgd_step)
+    model = tiny(digits)
+    _, _, inputs = record_training(model, monkeypatch)
     history = fit(
-        tiny(digits),
+        model,
         digits,
         num_epochs=1,
         optimizer="adamw",
@@ -91,6 +159,14 @@ def test_adamw_and_no_augmentation(digits):
         progress=False,
     )
     assert history.settings["optimizer"] == "adamw"
+    # AdamW took every step, with fit's learning rate and weight decay; SGD none
+    steps = -(-len(digits.train) // 64)
+    assert calls["adamw"] == [(1e-3, 5e-4)] * steps and calls["sgd"] == 0
+    # no augmentation: every training image is one of the plain (normalised) images
+    assert len(inputs) == steps
+    plain = digits.normalize(digits.train.images).flatten(1)
+    for x in inputs:
+        assert (x.flatten(1)[:, None] == plain[None]).all(-1).any(1).all()
 
 
 @pytest.mark.parametrize(
@@ -207,7 +283,7 @@ def test_max_grad_norm_clips_each_step(digits, monkeypatch) -> None:
     monkeypatch.setattr(torch.optim.SGD, "step", spy)
     torch.manual_seed(0)
     model = build_model("tiny_cnn", 10, in_channels=1, image_size=8)
-    fit(model, digits, num_epochs=1, lr=0.05, max_grad_norm=0.01, progress=False)
+    fit(model, digits, num_epochs=1, lr=0.05, hooks=[ClipGradNorm(0.01)], progress=False)
     assert seen and max(seen) <= 0.01 + 1e-6
 
 
@@ -218,4 +294,4 @@ def test_max_grad_norm_must_be_positive(digits) -> None:
 
     model = build_model("tiny_cnn", 10, in_channels=1, image_size=8)
     with pytest.raises(ValueError, match=r"max_grad_norm must be a number > 0 or None, got -1"):
-        fit(model, digits, num_epochs=1, max_grad_norm=-1, progress=False)
+        fit(model, digits, num_epochs=1, hooks=[ClipGradNorm(-1)], progress=False)

@@ -8,7 +8,8 @@ from helpers import tiny
 
 from kdbook.evaluate import accuracy, predict
 from kdbook.losses import ensemble_logits, kd_loss
-from kdbook.train import born_again, fit, mutual_learning
+from kdbook.recipes import born_again, mutual_learning
+from kdbook.train import fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

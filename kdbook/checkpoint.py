@@ -1,0 +1,319 @@
+"""Checkpoints: a model's weights with the metadata to rebuild it, and resuming a fit.
+
+A checkpoint file is a dict ``{"state_dict", "meta"}`` (plus ``"run"`` when :func:`fit`
+wrote it per epoch), written atomically and loaded with ``torch.load(weights_only=True)``.
+Whether a checkpoint continues a run is decided by the run's recorded settings
+(:attr:`History.settings`): every setting decides it except those in
+:data:`NOT_RESUME_SETTINGS`, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from kdbook.data import Dataset
+from kdbook.io import atomic_write
+
+if TYPE_CHECKING:
+    from kdbook.train import Loop
+
+# Recorded settings that a resumed run may change (everything else must match).
+NOT_RESUME_SETTINGS = frozenset({"world_size"})
+CHECKPOINT_META = ("model", "num_classes", "in_channels", "image_size", "dataset", "classes")
+
+
+@dataclass
+class History:
+    """Per-epoch records of a :func:`kdbook.train.fit` call, plus its settings."""
+
+    settings: dict[str, Any]
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, float]:
+        """The last epoch's record (the model kdbook keeps: no selection on test)."""
+        return self.epochs[-1]
+
+    def to_frame(self):
+        """The records as a pandas DataFrame indexed by epoch."""
+        import pandas as pd
+
+        return pd.DataFrame(self.epochs).set_index("epoch")
+
+
+def tensor_digest(tensors: list[torch.Tensor]) -> str:
+    """sha1 of the tensors' bytes (any dtype, any device)."""
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_fits(state_dict: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Raise ValueError unless ``state_dict`` has exactly ``model``'s tensor names and shapes."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if own != saved:
+        diff = sorted(k for k in own.keys() | saved.keys() if own.get(k) != saved.get(k))
+        raise ValueError(
+            f"its weights do not fit this model ({len(diff)} tensors differ, first "
+            f"{diff[0]}: saved {saved.get(diff[0])}, model {own.get(diff[0])})"
+        )
+
+
+# --- files ---------------------------------------------------------------------------
+
+
+def _meta(model: nn.Module, data: Dataset, history: History | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "model": getattr(model, "kdbook_name", type(model).__name__),
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "image_size": data.image_size,
+        "dataset": data.name,
+        "classes": list(data.classes),
+    }
+    if history is not None:
+        meta["settings"] = history.settings
+        if history.epochs:
+            meta["metrics"] = history.final
+    return meta
+
+
+def _save(
+    path: str | Path,
+    model: nn.Module,
+    data: Dataset,
+    history: History | None,
+    run: dict[str, Any] | None,
+) -> Path:
+    blob: dict[str, Any] = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": _meta(model, data, history),
+    }
+    if run is not None:
+        blob["run"] = run
+    return atomic_write(path, lambda f: torch.save(blob, f))
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, data: Dataset, history: History | None = None
+) -> Path:
+    """Save ``model``'s state_dict with the metadata needed to rebuild and check it.
+
+    The file loads with ``torch.load(path, weights_only=True)`` and is written atomically.
+    (:func:`kdbook.train.fit` with ``checkpoint=`` writes the same file plus the run needed
+    to resume.)
+    """
+    return _save(path, model, data, history, None)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's dict, loaded with ``weights_only=True``; ValueError naming the file."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged file
+        raise ValueError(f"checkpoint {path} is not a readable kdbook checkpoint: {e}") from None
+    if not isinstance(blob, dict) or not {"state_dict", "meta"} <= blob.keys():
+        raise ValueError(f"checkpoint {path} is not a kdbook checkpoint (no state_dict/meta)")
+    meta = blob["meta"]
+    missing = [k for k in CHECKPOINT_META if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"checkpoint {path} is not a kdbook checkpoint (meta lacks {missing})")
+    return blob
+
+
+def load_checkpoint(
+    path: str | Path, data: Dataset | None = None, *, expect_model: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a kdbook checkpoint (``weights_only=True``) and return it with meta.
+
+    Args:
+        path: a file written by :func:`save_checkpoint` or :func:`kdbook.train.fit`.
+        data: when given, the checkpoint must have been trained on this data set, with its
+            number of classes and class names.
+        expect_model: when given, the registered model name the checkpoint must hold.
+
+    Returns:
+        The model in eval mode on the CPU, and the checkpoint's metadata.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: a damaged file, not a checkpoint, or a mismatch; the message names the
+            file and the mismatch.
+    """
+    from kdbook.models import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    blob = read_checkpoint(path)
+    meta = blob["meta"]
+    if expect_model is not None and meta["model"] != expect_model:
+        raise ValueError(
+            f"checkpoint {path} holds model {meta['model']!r}, expected {expect_model!r}"
+        )
+    if data is not None:
+        for key, want in (
+            ("dataset", data.name),
+            ("num_classes", data.num_classes),
+            ("classes", list(data.classes)),
+        ):
+            if meta.get(key) != want:
+                raise ValueError(
+                    f"checkpoint {path} was trained with {key}={meta.get(key)!r}, "
+                    f"this data set has {want!r}"
+                )
+    try:
+        model = build_model(
+            meta["model"],
+            meta["num_classes"],
+            in_channels=meta["in_channels"],
+            image_size=meta["image_size"],
+        )
+        check_fits(blob["state_dict"], model)
+    except ValueError as e:
+        raise ValueError(f"checkpoint {path} does not rebuild: {e}") from None
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), meta
+
+
+def is_unfinished(path: Path) -> bool:
+    """Whether ``path`` holds a :func:`kdbook.train.fit` run stopped before its last epoch."""
+    try:
+        run = read_checkpoint(path).get("run")
+    except ValueError:
+        return False
+    return isinstance(run, dict) and not run.get("finished", True)
+
+
+def settings_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """The deciding settings that differ, as ``name=saved (this run: wanted)``, or ''."""
+    names = [k for k in wanted if k not in NOT_RESUME_SETTINGS]
+    names += [k for k in saved if k not in wanted and k not in NOT_RESUME_SETTINGS]
+    return ", ".join(
+        f"{k}={saved.get(k)!r} (this run: {wanted.get(k)!r})"
+        for k in names
+        if saved.get(k) != wanted.get(k)
+    )
+
+
+# --- the per-epoch checkpoint of fit (a hook) ------------------------------------------
+
+
+class Checkpoint:
+    """fit's hook for ``checkpoint=path``: the run saved after every epoch, resumed on start.
+
+    The file holds the model, the loss terms' parameters (adapters), the history, and,
+    until the run finishes, the optimizer, schedule, scaler and random states. ``resume``
+    (default True) continues an unfinished run of the same settings from its next epoch, or
+    returns a finished one as it is; a checkpoint of other settings is overwritten, and
+    the message says why.
+    """
+
+    def __init__(self, path: str | Path, resume: bool | None = None) -> None:
+        self.path, self.resume = Path(path), resume is not False
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+    def check(self, model: nn.Module) -> None:
+        pass
+
+    def say(self, loop: Loop, message: str) -> None:
+        if loop.runtime.rank == 0:
+            print(message)
+
+    def start(self, loop: Loop) -> int:
+        """Restore a matching run; return its epochs done (0: start afresh)."""
+        if not (self.resume and self.path.exists()):
+            return 0
+        try:
+            blob = read_checkpoint(self.path)
+            run = blob.get("run")
+            if not isinstance(run, dict):
+                raise ValueError("it holds no training run (saved by save_checkpoint)")
+            mismatch = settings_mismatch(blob["meta"].get("settings", {}), loop.history.settings)
+            if mismatch:
+                raise ValueError(f"its settings differ: {mismatch}")
+            if run.get("fingerprint") != loop.fingerprint:
+                raise ValueError("its training labels or teacher weights differ")
+            check_fits(blob["state_dict"], loop.model)
+            terms = loop.student.terms
+            if len(terms.state_dict()):
+                check_fits(run["terms"], terms)
+            if not run["finished"]:  # load nothing until every check has passed
+                loop.opt.load_state_dict(run["optimizer"])
+                loop.sched.load_state_dict(run["scheduler"])
+                if "scaler" in run:
+                    loop.runtime.scaler.load_state_dict(run["scaler"])
+            loop.model.load_state_dict(blob["state_dict"])
+            if len(terms.state_dict()):
+                terms.load_state_dict(run["terms"])
+        except (ValueError, RuntimeError, KeyError) as e:
+            self.say(loop, f"checkpoint {self.path}: not resuming ({e}); training from epoch 1")
+            return 0
+        loop.history.epochs[:] = run["history"]
+        done = run["epoch"]
+        if run["finished"]:
+            self.say(
+                loop,
+                f"checkpoint {self.path}: this run already finished ({done} epochs); not training",
+            )
+            return done
+        self._set_rng(loop, run["rng"])
+        total = loop.history.settings["num_epochs"]
+        self.say(loop, f"checkpoint {self.path}: resuming after epoch {done} of {total}")
+        return done
+
+    def before_step(self, loop: Loop) -> None:
+        pass
+
+    def end_epoch(self, loop: Loop, record: dict[str, float]) -> None:
+        if loop.runtime.rank != 0:
+            return
+        finished = record["epoch"] == loop.history.settings["num_epochs"]
+        run: dict[str, Any] = {
+            "epoch": len(loop.history.epochs),
+            "finished": finished,
+            "history": [dict(e) for e in loop.history.epochs],
+            "fingerprint": loop.fingerprint,
+        }
+        terms = loop.student.terms.state_dict()
+        if terms:
+            run["terms"] = {k: v.detach().cpu() for k, v in terms.items()}
+        if not finished:  # what continuing needs; a finished run keeps only its result
+            run["optimizer"] = loop.opt.state_dict()
+            run["scheduler"] = loop.sched.state_dict()
+            if loop.runtime.scaler.is_enabled():
+                run["scaler"] = loop.runtime.scaler.state_dict()
+            run["rng"] = self._rng(loop)
+        _save(self.path, loop.model, loop.data, loop.history, run)
+
+    def end(self, loop: Loop) -> None:
+        pass
+
+    @staticmethod
+    def _rng(loop: Loop) -> dict[str, torch.Tensor]:
+        rng = {"torch": torch.get_rng_state(), "loader": loop.loader.generator.get_state()}
+        rng |= loop.distiller.rng_state()
+        device = loop.runtime.device
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        return rng
+
+    @staticmethod
+    def _set_rng(loop: Loop, rng: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(rng["torch"])
+        loop.loader.generator.set_state(rng["loader"])
+        loop.distiller.set_rng_state(rng)
+        device = loop.runtime.device
+        if device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], device)

@@ -1,0 +1,185 @@
+"""Recipes built on :func:`kdbook.train.fit`: a run's teacher, born-again and mutual learning.
+
+Each is a few calls of ``fit`` (SOURCES.md sources 2 and 3). The multi-teacher variant needs
+no function: ``fit(student, data, teacher=[t1, t2], teacher_weights=[...])``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kdbook.checkpoint import History, is_unfinished, load_checkpoint
+from kdbook.config import PRESETS, check_params, resolve_device
+from kdbook.data import Dataset
+from kdbook.models import build_model
+from kdbook.train import fit
+
+
+def teacher_from_run(
+    cfg, data: Dataset, *, num_epochs: int | None = None, progress: bool = True
+) -> tuple[nn.Module, dict]:
+    """The teacher of this run: loaded from ``run_dir/teacher.pt``, or trained and saved there.
+
+    A notebook opened on its own calls this and gets the teacher 02_teacher would have
+    left, with a message saying which happened. A checkpoint of another architecture or
+    data set is not reused: it is retrained (and the message says why). An unfinished
+    checkpoint (a training that was interrupted) is continued from its last epoch.
+
+    A teacher trained here gets the preset's number of epochs, not ``cfg.num_epochs``: a
+    notebook that shortens its students' training still gets the teacher 02 would train.
+
+    Args:
+        cfg: a :class:`kdbook.config.Config`.
+        data: the data set of ``cfg.dataset``.
+        num_epochs: the teacher's epochs when it must be trained (default: the preset's).
+
+    Returns:
+        The teacher in eval mode and its checkpoint metadata.
+    """
+    num_epochs = num_epochs or PRESETS[cfg.preset]["num_epochs"]
+    path = Path(cfg.run_dir) / "teacher.pt"
+    unfinished = is_unfinished(path) if path.is_file() else False
+    if unfinished:
+        print(f"teacher: {path} holds an unfinished run of {cfg.teacher}; continuing it")
+    elif path.is_file():
+        try:
+            teacher, meta = load_checkpoint(path, data)
+            if meta["model"] == cfg.teacher:
+                print(f"teacher: loaded {path} ({meta['model']}, trained on {meta['dataset']})")
+                return teacher.to(resolve_device(cfg.device)), meta
+            reason = f"it holds {meta['model']}, this run's teacher is {cfg.teacher}"
+        except ValueError as e:
+            reason = str(e)
+        print(f"teacher: not reusing {path}: {reason}")
+    if not unfinished:
+        print(f"teacher: training {cfg.teacher} ({num_epochs} epochs), saving to {path}")
+    torch.manual_seed(cfg.seed)
+    teacher = build_model(cfg.teacher, data)
+    fit(
+        teacher,
+        data,
+        **cfg.fit_kwargs(num_epochs=num_epochs),
+        seed=cfg.seed,
+        checkpoint=path,
+        resume=unfinished,
+        progress=progress,
+        desc=f"teacher {cfg.teacher}",
+    )
+    return teacher, load_checkpoint(path, data)[1]
+
+
+def born_again(
+    student: str,
+    data: Dataset,
+    *,
+    generations: int = 3,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    **fit_kwargs: Any,
+) -> list[tuple[nn.Module, History]]:
+    """Self-distillation (born-again networks, Furlanello et al. 2018, arXiv:1805.04770).
+
+    Generation 1 is ``student`` trained alone; generation k is the same architecture
+    distilled from generation k - 1 (``fit(teacher=previous)``). Every generation starts
+    from the same initial weights (the model built after ``torch.manual_seed(seed)``), so
+    that what differs between them is only what they were taught.
+
+    Args:
+        student: a registered model name.
+        data: the data set.
+        generations: how many models to train (>= 1).
+        seed: seeds the initial weights and every fit.
+        checkpoint_dir: when given, generation k is checkpointed in ``gen{k}.pt`` there (and
+            resumed by a rerun).
+        **fit_kwargs: passed to every :func:`fit` (num_epochs, lr, temperature, alpha...).
+
+    Returns:
+        ``[(model, history), ...]``, one pair per generation, models in eval mode.
+    """
+    if not (isinstance(generations, int) and generations >= 1):
+        raise ValueError(f"generations must be an integer >= 1, got {generations!r}")
+    if "teacher" in fit_kwargs:
+        raise ValueError("born_again trains its own teachers: pass no teacher")
+    results: list[tuple[nn.Module, History]] = []
+    for k in range(1, generations + 1):
+        torch.manual_seed(seed)
+        model = build_model(student, data)
+        history = fit(
+            model,
+            data,
+            teacher=results[-1][0] if results else None,
+            seed=seed,
+            checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / f"gen{k}.pt",
+            progress=progress,
+            desc=f"generation {k}",
+            **fit_kwargs,
+        )
+        results.append((model, history))
+    return results
+
+
+def mutual_learning(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Dataset,
+    *,
+    num_epochs: int = 10,
+    lr: float = 0.05,
+    temperature: float = 1.0,
+    alpha: float = 0.5,
+    seed: int = 0,
+    progress: bool = True,
+    **fit_kwargs: Any,
+) -> tuple[History, History]:
+    """Deep mutual learning (Zhang et al. 2018, arXiv:1706.00384): two students teach each other.
+
+    Each epoch: ``model_a`` trains one epoch distilled from ``model_b`` (frozen for that
+    epoch), then ``model_b`` one epoch from the updated ``model_a``. Each loss is
+    :func:`kdbook.losses.kd_loss`: ``alpha * T^2 * KL(other || self) + (1 - alpha) * CE``;
+    the paper's ``CE + KL`` at T = 1 is alpha = 0.5 with the learning rate doubled.
+
+    An approximation, stated plainly: the paper updates both networks at every step, each
+    from the other's current predictions. Here ``fit`` is the one loop, so they take turns
+    by epoch, and each epoch is its own ``fit`` call: its optimizer state (momentum) starts
+    afresh and its cosine learning rate runs from that epoch's peak to 0 (warm restarts
+    whose peaks follow a cosine from ``lr`` over ``num_epochs``). The shuffling seed is
+    ``seed + epoch``. Each record's ``seconds`` is the whole turn, set-up included, so that
+    time ratios against one ``fit`` count what this approximation costs.
+
+    Returns:
+        The two histories, one record per epoch each (epochs numbered 1..num_epochs).
+    """
+    check_params({"num_epochs": num_epochs, "lr": lr, "seed": seed})
+    histories = (History(settings={"mode": "mutual"}), History(settings={"mode": "mutual"}))
+    for epoch in tqdm(range(1, num_epochs + 1), desc="mutual", disable=not progress):
+        peak = lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / num_epochs))
+        for model, peer, history in (
+            (model_a, model_b, histories[0]),
+            (model_b, model_a, histories[1]),
+        ):
+            start = time.perf_counter()
+            turn = fit(
+                model,
+                data,
+                teacher=peer,
+                num_epochs=1,
+                lr=peak,
+                temperature=temperature,
+                alpha=alpha,
+                seed=seed + epoch,
+                progress=False,
+                **fit_kwargs,
+            )
+            history.settings |= turn.settings | {"lr": lr, "num_epochs": num_epochs, "seed": seed}
+            # the whole turn, set-up included (a fresh optimizer and checks every epoch)
+            seconds = time.perf_counter() - start
+            history.epochs.append({**turn.final, "epoch": epoch, "seconds": seconds})
+    return histories

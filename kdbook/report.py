@@ -1,0 +1,389 @@
+"""A run folder's results and the words that describe them.
+
+This module owns what the notebooks report (:func:`save_metrics`, into ``metrics/``), how it
+is merged into ``results.json`` (:func:`write_results`), the one-page ``summary.md``
+(:func:`render_summary`), and the small formatting rules every measuring module shares:
+:func:`format_interval`, :func:`verdict` and :func:`human_count`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import platform
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kdbook.io import read_json, write_json, write_text
+
+MISSING = "–"
+_KEEP: Any = object()  # write_results: keep the value already in results.json
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _jsonable(obj: Any) -> Any:
+    """Turn numpy/torch scalars and arrays, paths and non-finite floats into plain JSON."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy / torch scalars and arrays
+        return _jsonable(obj.tolist())
+    return str(obj)
+
+
+def save_metrics(run_dir: str | Path, notebook: str, metrics: Mapping[str, Any]) -> Path:
+    """Write what a notebook reports to ``run_dir/metrics/<notebook>.json`` (atomically).
+
+    Call it once, at the end of a notebook; a later call replaces the file. Recognised keys
+    (all optional, every field may be missing or None):
+
+    - ``"config"``: the resolved parameters (``Config.as_dict()``);
+    - ``"models"``: rows ``{"model", "arch", "accuracy_mean", "accuracy_ci95", "num_seeds",
+      "params", "flops", "latency_ms", "size_kb"}``; accuracies in percent (0-100);
+    - ``"comparisons"``: rows ``{"setting", "num_seeds", "scratch_mean", "scratch_ci95",
+      "kd_mean", "kd_ci95", "gain_mean", "gain_ci95"}`` (percent and percentage points;
+      gain = KD - scratch), as ``kdbook.evaluate.Comparison.row()`` returns them.
+
+    Anything else is kept as is. numpy/torch numbers are converted; NaN becomes null.
+
+    Args:
+        run_dir: the run folder (the notebook's ``run_dir`` parameter).
+        notebook: the notebook's name, e.g. ``"05_distillation"``.
+        metrics: the dictionary to save.
+
+    Returns:
+        The path written.
+    """
+    if not notebook or "/" in notebook or "\\" in notebook or notebook.startswith("."):
+        raise ValueError(f"notebook must be a notebook name such as '02_teacher', got {notebook!r}")
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"metrics must be a dict, got {type(metrics).__name__}")
+    for key in ("models", "comparisons"):
+        rows = metrics.get(key)
+        if rows is not None and not (
+            isinstance(rows, (list, tuple)) and all(isinstance(r, Mapping) for r in rows)
+        ):
+            raise ValueError(f"metrics[{key!r}] must be a list of dicts, got {rows!r}")
+    if metrics.get("config") is not None and not isinstance(metrics["config"], Mapping):
+        raise ValueError(f"metrics['config'] must be a dict, got {metrics['config']!r}")
+    return write_json(Path(run_dir) / "metrics" / f"{notebook}.json", _jsonable(metrics))
+
+
+def _read_metrics(run_dir: Path) -> dict[str, dict]:
+    metrics: dict[str, dict] = {}
+    for path in sorted((run_dir / "metrics").glob("*.json")):
+        data = read_json(path)
+        if isinstance(data, dict):
+            metrics[path.stem] = data
+    return metrics
+
+
+def _versions() -> dict[str, str | None]:
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    import kdbook
+
+    return {
+        "python": platform.python_version(),
+        "torch": version("torch"),
+        "torchvision": version("torchvision"),
+        "kdbook": version("kdbook") or kdbook.__version__,
+        "papermill": version("papermill"),
+        "platform": platform.platform(),
+    }
+
+
+def _previous_results(run_dir: Path) -> dict[str, Any]:
+    """The results.json already in ``run_dir``, else ``{}`` (none, or not JSON)."""
+    if not (run_dir / "results.json").is_file():
+        return {}
+    try:
+        return read_json(run_dir / "results.json")
+    except ValueError:  # a file from elsewhere that is not JSON: rebuild from scratch
+        return {}
+
+
+def _merge_metrics(
+    metrics: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The config, model rows and comparison rows of every notebook's metrics, merged.
+
+    The last config wins; model rows are merged by model name (a later notebook fills a
+    field); comparison rows are kept by setting (a later notebook's row wins).
+    """
+    config: dict[str, Any] = {}
+    models: dict[str, dict[str, Any]] = {}
+    comparisons: dict[str, dict[str, Any]] = {}
+    for data in metrics.values():
+        if isinstance(data.get("config"), dict):
+            config = data["config"]
+        for row in data.get("models") or []:
+            if not isinstance(row, dict):
+                continue
+            key = str(row.get("model", row.get("arch", "?")))
+            merged = models.setdefault(key, {"model": key})
+            merged.update({k: v for k, v in row.items() if v is not None})
+        for row in data.get("comparisons") or []:
+            if isinstance(row, dict):
+                comparisons[str(row.get("setting", len(comparisons)))] = row
+    return config, list(models.values()), list(comparisons.values())
+
+
+def _figures(run_dir: Path) -> list[str]:
+    """The image files under ``run_dir/figures``, relative to ``run_dir``, sorted."""
+    return sorted(
+        p.relative_to(run_dir).as_posix()
+        for p in (run_dir / "figures").rglob("*")
+        if p.suffix.lower() in (".png", ".svg", ".jpg", ".jpeg") and p.is_file()
+    )
+
+
+def write_results(
+    run_dir: str | Path,
+    *,
+    status: str | None = _KEEP,
+    notebooks: Mapping[str, Mapping[str, Any]] | None = None,
+    started: str | None = _KEEP,
+    finished: str | None = _KEEP,
+    parameters: Mapping[str, Any] | None = _KEEP,
+) -> dict[str, Any]:
+    """Merge ``run_dir/metrics/*.json`` into ``results.json`` and write ``summary.md``.
+
+    Notebooks may call it too (``write_results(run_dir)``) to refresh the summary after an
+    interactive session. Keyword arguments not given keep the values of an existing
+    results.json (status defaults to ``"ok"``); ``notebooks`` entries are merged over it.
+
+    Returns:
+        The results dictionary that was written.
+    """
+    run_dir = Path(run_dir)
+    previous = _previous_results(run_dir)
+    metrics = _read_metrics(run_dir)
+    config, models, comparisons = _merge_metrics(metrics)
+    nb_status = dict(previous.get("notebooks") or {})
+    nb_status.update({k: dict(v) for k, v in (notebooks or {}).items()})
+    results: dict[str, Any] = {
+        "status": (previous.get("status") or "ok") if status is _KEEP else status,
+        "started": previous.get("started") if started is _KEEP else started,
+        "finished": previous.get("finished") if finished is _KEEP else finished,
+        "dataset": config.get("dataset"),
+        "preset": config.get("preset"),
+        "seed": config.get("seed"),
+        "num_seeds": config.get("num_seeds"),
+        "config": config,
+        "parameters": dict(
+            (previous.get("parameters") or {}) if parameters is _KEEP else (parameters or {})
+        ),
+        "versions": _versions(),
+        "notebooks": nb_status,
+        "models": models,
+        "comparisons": comparisons,
+        "metrics": metrics,
+        "figures": _figures(run_dir),
+    }
+    results = _jsonable(results)
+    write_json(run_dir / "results.json", results)
+    write_text(run_dir / "summary.md", render_summary(results, run_dir))
+    return results
+
+
+# --------------------------------------------------------------------------- words
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def human_count(n: Any) -> str:
+    """Format a count for people: 11_173_962 -> '11.2M', 690 -> '690', None -> '–'."""
+    x = _num(n)
+    if x is None:
+        return MISSING
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.1f}{unit}"
+    return f"{x:.0f}" if x == int(x) else f"{x:.3g}"
+
+
+def _fixed(x: Any, big: int = 0) -> str:
+    v = _num(x)
+    if v is None:
+        return MISSING
+    digits = 2 if abs(v) < 10 else 1 if abs(v) < 100 else big
+    return f"{v:,.{digits}f}"
+
+
+def _seconds(x: Any) -> str:
+    v = _num(x)
+    return MISSING if v is None else f"{v:,.1f}"
+
+
+def format_interval(mean: Any, ci95: Any, *, signed: bool = False, unit: str = " %") -> str:
+    """Format a percentage and its 95% half-width: (93.42, 1.5) -> '93.4 ± 1.5 %'."""
+    m = _num(mean)
+    if m is None:
+        return MISSING
+    text = f"{m:+.1f}" if signed else f"{m:.1f}"
+    c = _num(ci95)
+    if c is not None:
+        text += f" ± {c:.1f}"
+    return text + unit
+
+
+def verdict(gain_mean: Any, gain_ci95: Any) -> str:
+    """Say in words whether a gain's 95% interval excludes zero.
+
+    Returns:
+        ``"KD helps"`` (interval above 0), ``"KD hurts"`` (below 0), ``"inside seed noise"``
+        (it contains 0) or ``'–'`` when the mean or interval is missing.
+    """
+    m, c = _num(gain_mean), _num(gain_ci95)
+    if m is None or c is None:
+        return MISSING
+    if m - abs(c) > 0:
+        return "KD helps"
+    if m + abs(c) < 0:
+        return "KD hurts"
+    return "inside seed noise"
+
+
+# --------------------------------------------------------------------------- summary.md
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return MISSING
+    text = " ".join(str(value).split())
+    return text.replace("|", "\\|")
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _section(title: str, rows: list[str], empty: str) -> list[str]:
+    """A ``## title`` section: its lines, or one sentence when it has none."""
+    return ["", f"## {title}", "", *(rows or [empty])]
+
+
+def _header_lines(results: Mapping[str, Any], name: str) -> list[str]:
+    config = results.get("config") or {}
+    seed_text = MISSING
+    if results.get("seed") is not None:
+        # Notebooks may run different numbers of seeds: each table row states its own.
+        seed_text = f"from seed {_cell(results.get('seed'))} (each row gives its number of seeds)"
+    lines = [
+        f"# kdbook run `{name}`",
+        "",
+        f"- Status: **{_cell(results.get('status'))}**",
+        f"- Date: {_cell(results.get('finished') or results.get('started'))}",
+        f"- Data set: {_cell(results.get('dataset'))}",
+        f"- Preset: {_cell(results.get('preset'))}",
+        f"- Seeds: {seed_text}",
+        f"- Device: {_cell(config.get('device'))}",
+    ]
+    overrides = results.get("parameters") or {}
+    if overrides:
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        lines.append(f"- Parameters given: {_cell(given)}")
+    return lines
+
+
+def _model_lines(models: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not models:
+        return []
+    header = ["model", "arch", "accuracy (mean ± 95% CI)", "seeds", "params", "FLOPs"]
+    return _table(
+        [*header, "latency ms", "size KB"],
+        [
+            [
+                m.get("model"),
+                m.get("arch"),
+                format_interval(m.get("accuracy_mean"), m.get("accuracy_ci95")),
+                m.get("num_seeds"),
+                human_count(m.get("params")),
+                human_count(m.get("flops")),
+                _fixed(m.get("latency_ms")),
+                _fixed(m.get("size_kb"), big=1),
+            ]
+            for m in models
+        ],
+    )
+
+
+def _comparison_lines(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not comparisons:
+        return []
+    intro = [
+        "Student trained with KD against the same student trained alone from the same",
+        "initial weights; mean ± 95% interval over seeds. Gain is in percentage points.",
+        "",
+    ]
+    return intro + _table(
+        ["setting", "seeds", "scratch", "KD", "gain", "verdict"],
+        [
+            [
+                c.get("setting"),
+                c.get("num_seeds"),
+                format_interval(c.get("scratch_mean"), c.get("scratch_ci95")),
+                format_interval(c.get("kd_mean"), c.get("kd_ci95")),
+                format_interval(c.get("gain_mean"), c.get("gain_ci95"), signed=True, unit=" pt"),
+                verdict(c.get("gain_mean"), c.get("gain_ci95")),
+            ]
+            for c in comparisons
+        ],
+    )
+
+
+def _notebook_lines(notebooks: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    if not notebooks:
+        return []
+    return _table(
+        ["notebook", "status", "seconds", "error"],
+        [
+            [nb, info.get("status"), _seconds(info.get("seconds")), info.get("error")]
+            for nb, info in notebooks.items()
+        ],
+    )
+
+
+def render_summary(results: Mapping[str, Any], run_dir: str | Path | None = None) -> str:
+    """Render a results dictionary (see :func:`write_results`) as one page of markdown."""
+    name = Path(run_dir).name if run_dir is not None else "run"
+    lines = _header_lines(results, name)
+    lines += _section("Models", _model_lines(results.get("models") or []), "No model was reported.")
+    lines += _section(
+        "Does distillation help?",
+        _comparison_lines(results.get("comparisons") or []),
+        "No comparison was reported.",
+    )
+    lines += _section(
+        "Notebooks",
+        _notebook_lines(results.get("notebooks") or {}),
+        "No notebook was run by `kdbook book`.",
+    )
+    figures = [f"![{Path(f).stem}]({f})" for f in results.get("figures") or []]
+    lines += _section("Figures", figures, "No figure was saved.")
+    versions = results.get("versions") or {}
+    if versions:
+        lines += ["", "---", ""]
+        lines.append(" · ".join(f"{k} {_cell(v)}" for k, v in versions.items()))
+    return "\n".join(lines) + "\n"
