@@ -14,7 +14,7 @@ loss (:func:`kdbook.losses.kd_loss`), optimizer and batch size on the same data:
   the whole batch; on a GPU bf16 autocast, channels_last and the fused optimizer (on a CPU
   fp32, as fit's ``precision="auto"``); the teacher's forward pass every step.
 - ``kdbook + cached logits``: the same, with the teacher's logits computed once per
-  training sample (:func:`kdbook.train.cache_teacher_logits`) and looked up by the Loader's
+  training sample (:func:`kdbook.distill.cache_teacher_logits`) and looked up by the Loader's
   sample indices. The cache is valid because the student sees exactly the images the
   teacher saw: the plain images without augmentation, or, with augmentation, a stored
   augmented view of each image replayed to the student (one view here; ``fit`` cycles
@@ -29,6 +29,10 @@ student for ``warmup`` untimed steps (worker start-up, ...) and ``steps`` timed 
 (``time.perf_counter``, ``torch.cuda.synchronize`` on a GPU). A path reports its median
 round, so that a burst of other load on a shared machine does not decide the ratio.
 Model weights are random: the time of a step does not depend on them.
+
+Over 600 lines because it carries the sources' own data path (PIL dataset, DataLoader
+with workers, per-sample transforms) next to the measurement, so that the baseline is
+what the sources run and not a kdbook approximation of it.
 
 >>> result = run_bench("classroom", smoke=True)  # doctest: +SKIP
 >>> print(result.table())  # doctest: +SKIP

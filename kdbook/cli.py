@@ -1,4 +1,9 @@
-"""The ``kdbook`` command: run the book headless and inspect its parameters."""
+"""The ``kdbook`` command: run the book headless and inspect its parameters.
+
+Longer than kdbook's other modules (about 700 lines) because it holds the argparse
+declarations and examples of all eight subcommands (``_add_*``) and their thin handlers
+(``_cmd_*``); the work itself lives in the modules they call.
+"""
 
 from __future__ import annotations
 
@@ -161,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdbook {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    _add_book(sub, fmt)
+    _add_params(sub, fmt)
+    _add_doctor(sub, fmt)
+    _add_sweep(sub, fmt)
+    _add_html(sub, fmt)
+    _add_data(sub, fmt)
+    _add_train(sub, fmt)
+    _add_bench(sub, fmt)
+    return parser
+
+
+def _add_book(sub: Any, fmt: type) -> None:
+    """`kdbook book`: run the notebooks into a run folder."""
     book = sub.add_parser(
         "book",
         help="execute the notebooks in order into a run folder (papermill)",
@@ -191,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         "same parameters skips the notebooks that finished there",
     )
 
+
+def _add_params(sub: Any, fmt: type) -> None:
+    """`kdbook params`: the parameters each notebook declares."""
     params = sub.add_parser(
         "params",
         help="list the parameters each notebook declares",
@@ -201,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     params.add_argument("notebook", nargs="?", metavar="NOTEBOOK", help="one notebook only")
 
+
+def _add_doctor(sub: Any, fmt: type) -> None:
+    """`kdbook doctor`: the environment check."""
     doctor = sub.add_parser(
         "doctor",
         help="check versions, device, the notebook kernel and the data sets",
@@ -213,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--data", default="data", metavar="DIR", help="where data sets live (default: data)"
     )
+
+
+def _add_sweep(sub: Any, fmt: type) -> None:
+    """`kdbook sweep`: one notebook over a grid, or merged shards."""
     sweep = sub.add_parser(
         "sweep",
         help="run one notebook over a grid of parameters and gather one table",
@@ -258,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge", nargs="+", metavar="DIR", help="merge these sweep folders' tables into --out"
     )
     sweep.add_argument("--out", metavar="DIR", help="sweep folder (with --merge: the CSV file)")
+
+
+def _add_html(sub: Any, fmt: type) -> None:
+    """`kdbook html`: render a run folder as HTML again."""
     html = sub.add_parser(
         "html",
         help="render a run folder's executed notebooks as a static HTML book again",
@@ -266,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
         "of every run; this renders a run folder again.",
     )
     html.add_argument("run", metavar="RUN", help="a run folder written by kdbook book")
+
+
+def _add_data(sub: Any, fmt: type) -> None:
+    """`kdbook data`: what a data set holds."""
     data = sub.add_parser(
         "data",
         help="show what a data set holds (sizes, shape, classes), or what to put where",
@@ -282,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="digits, cifar10 or imagefolder:PATH (default: digits and cifar10)",
     )
     data.add_argument("--root", default="data", help="the data folder (default: data)")
+
+
+def _add_train(sub: Any, fmt: type) -> None:
+    """`kdbook train`: one fit, under torchrun too."""
     train = sub.add_parser(
         "train",
         help="train one model with fit(): teacher, student alone or distilled (torchrun too)",
@@ -324,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--out", required=True, metavar="FILE.pt", help="the checkpoint to write")
+
+
+def _add_bench(sub: Any, fmt: type) -> None:
+    """`kdbook bench`: the sources' loop against kdbook's step."""
     bench = sub.add_parser(
         "bench",
         help="time the sources' training loop against kdbook's (images/s, memory, ratio)",
@@ -374,7 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoke", action="store_true", help="a few steps only: checks that it runs (CI)"
     )
     bench.add_argument("--out", metavar="FILE", help="also write the result as JSON here")
-    return parser
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
@@ -468,7 +511,7 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from kdbook.doctor import FAIL, environment_report, format_report
+    from kdbook.environment import FAIL, environment_report, format_report
 
     rows = environment_report(args.data)
     print(format_report(rows))

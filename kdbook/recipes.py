@@ -183,3 +183,30 @@ def mutual_learning(
             seconds = time.perf_counter() - start
             history.epochs.append({**turn.final, "epoch": epoch, "seconds": seconds})
     return histories
+
+
+def vit_teacher_from_run(
+    cfg, data: Dataset, *, lr: float, weight_decay: float, progress: bool = True
+) -> tuple[nn.Module, History]:
+    """The ViT teacher of notebooks 10 and 11, trained once and kept in ``run_dir``.
+
+    ``vit_tiny`` built after ``torch.manual_seed(cfg.seed)`` and trained with AdamW (a ViT
+    needs it: SGD at the CNN's settings barely moves it) at ``lr`` and ``weight_decay``,
+    the rest from ``cfg``. Checkpointed in ``run_dir/vit_teacher.pt``, so the second
+    notebook, or a rerun, loads the finished run (or continues an interrupted one).
+
+    Returns:
+        The ViT in eval mode and its history.
+    """
+    torch.manual_seed(cfg.seed)
+    vit = build_model("vit_tiny", data)
+    history = fit(
+        vit,
+        data,
+        seed=cfg.seed,
+        checkpoint=Path(cfg.run_dir) / "vit_teacher.pt",
+        desc="teacher vit_tiny",
+        progress=progress,
+        **cfg.fit_kwargs(optimizer="adamw", lr=lr, weight_decay=weight_decay),
+    )
+    return vit, history

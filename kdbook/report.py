@@ -52,7 +52,7 @@ def save_metrics(run_dir: str | Path, notebook: str, metrics: Mapping[str, Any])
       "params", "flops", "latency_ms", "size_kb"}``; accuracies in percent (0-100);
     - ``"comparisons"``: rows ``{"setting", "num_seeds", "scratch_mean", "scratch_ci95",
       "kd_mean", "kd_ci95", "gain_mean", "gain_ci95"}`` (percent and percentage points;
-      gain = KD - scratch), as ``kdbook.evaluate.Comparison.row()`` returns them.
+      gain = KD - scratch), as ``kdbook.compare.Comparison.row()`` returns them.
 
     Anything else is kept as is. numpy/torch numbers are converted; NaN becomes null.
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import kdbook.doctor
+import kdbook.environment
 from kdbook.cli import main
-from kdbook.doctor import FAIL, OK, EnvCheck
+from kdbook.environment import FAIL, OK, EnvCheck
 
 
 def test_doctor_prints_the_table_and_exits_0(capsys):
@@ -16,7 +16,7 @@ def test_doctor_prints_the_table_and_exits_0(capsys):
 
 def test_doctor_exits_1_when_something_required_is_broken(capsys, monkeypatch):
     rows = [EnvCheck("torch", OK, "2.14.1"), EnvCheck("kernel python3", FAIL, "none", "install")]
-    monkeypatch.setattr(kdbook.doctor, "environment_report", lambda data_root: rows)
+    monkeypatch.setattr(kdbook.environment, "environment_report", lambda data_root: rows)
     assert main(["doctor", "--data", "elsewhere"]) == 1
     assert "broken: kernel python3" in capsys.readouterr().out
 

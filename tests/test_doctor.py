@@ -12,19 +12,16 @@ import torch
 from torch import nn
 
 from kdbook.doctor import (
-    FAIL,
     Diagnosis,
-    EnvCheck,
     check_ece,
     check_eval_mode,
     check_kd_loss,
     check_mean_ci,
     check_no_grad,
     check_teacher_frozen,
-    environment_report,
-    format_report,
     saved_bytes,
 )
+from kdbook.environment import FAIL, EnvCheck, environment_report, format_report
 from kdbook.losses import kd_loss
 
 
@@ -349,3 +346,23 @@ def test_format_report_aligns_columns():
     assert lines[0].startswith("check ") and lines[1].startswith("------")
     assert lines[3].split() == ["longer", "FAIL", "x", "fix", "it"]
     assert lines[2].index("ok") == lines[3].index("FAIL")
+
+
+def test_batchnorm_running_means_move_in_train_mode_only(digits):
+    from helpers import tiny
+
+    from kdbook.doctor import batchnorm_running_means
+
+    model = tiny(digits)
+    x = digits.normalize(digits.train.images[:32])
+    for train_mode, moved in ((False, False), (True, True)):
+        model.train(train_mode)
+        before = batchnorm_running_means(model)
+        with torch.no_grad():
+            model(x)
+        assert (not torch.equal(before, batchnorm_running_means(model))) == moved
+    assert before.numel() == sum(
+        m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    )
+    with pytest.raises(ValueError, match="has no BatchNorm layer"):
+        batchnorm_running_means(nn.Linear(2, 2))

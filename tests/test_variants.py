@@ -92,3 +92,25 @@ def test_mutual_learning_improves_both_students(digits):
     after = [accuracy(predict(m, digits, "val"), digits.val.labels) for m in (a, b)]
     assert after[0] > before[0] + 20 and after[1] > before[1] + 20
     assert history_a.final["val_acc"] == pytest.approx(after[0])
+
+
+def test_vit_teacher_is_trained_once_then_loaded_from_the_run_folder(digits, tmp_path, capsys):
+    from kdbook.config import make_config
+    from kdbook.recipes import vit_teacher_from_run
+
+    cfg = make_config(num_epochs=1, run_dir=str(tmp_path))
+    vit, history = vit_teacher_from_run(cfg, digits, lr=1e-3, weight_decay=0.05, progress=False)
+    assert (tmp_path / "vit_teacher.pt").is_file()
+    assert history.settings["optimizer"] == "adamw" and history.settings["lr"] == 1e-3
+    assert history.settings["model"] == "vit_tiny" and len(history.epochs) == 1
+    capsys.readouterr()
+    again, history_again = vit_teacher_from_run(
+        cfg, digits, lr=1e-3, weight_decay=0.05, progress=False
+    )
+    assert "already finished" in capsys.readouterr().out
+    assert history_again.epochs == history.epochs
+    for a, b in zip(vit.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # another learning rate is another run: trained afresh, not the stored one
+    _, other = vit_teacher_from_run(cfg, digits, lr=2e-3, weight_decay=0.05, progress=False)
+    assert "not resuming" in capsys.readouterr().out and other.settings["lr"] == 2e-3
