@@ -584,19 +584,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    from kdbook.checkpoint import load_checkpoint
+def _train_inputs(args: argparse.Namespace):
+    """``kdbook train``'s arguments checked before any work: the config, model name, out."""
     from kdbook.config import TRAIN_FIELDS, make_config
-    from kdbook.data import check_available, load_dataset
-    from kdbook.evaluate import accuracy, predict
-    from kdbook.io import write_json
-    from kdbook.models import build_model, list_models
-    from kdbook.train import TensorBoard, fit
+    from kdbook.data import check_available
+    from kdbook.models import list_models
 
     params = {name: parse_value(value) for name, value in args.parameters}
     unknown = sorted(set(params) - set(TRAIN_FIELDS))
@@ -617,8 +609,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.teacher is not None and not Path(args.teacher).is_file():
         raise FileNotFoundError(f"--teacher checkpoint {args.teacher} does not exist")
     check_available(cfg.dataset)
+    return cfg, name, out
+
+
+def _join_processes(device: str) -> tuple[int, str]:
+    """Under torchrun, join the process group (NCCL on GPUs, gloo on CPUs): world, device."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = cfg.device
     if world > 1:  # launched by torchrun: one process per device (or CPU slice)
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -626,6 +627,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")
+    return world, device
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from kdbook.checkpoint import load_checkpoint
+    from kdbook.data import load_dataset
+    from kdbook.evaluate import accuracy, predict
+    from kdbook.io import write_json
+    from kdbook.models import build_model
+    from kdbook.train import TensorBoard, fit
+
+    cfg, name, out = _train_inputs(args)
+    world, device = _join_processes(cfg.device)
     try:
         rank = int(os.environ.get("RANK", "0"))
         data = load_dataset(cfg.dataset)
