@@ -13,3 +13,21 @@ def tiny(data: Dataset, seed: int = 0, name: str = "tiny_cnn") -> nn.Module:
     """A registered model for 8x8 one-channel digits, its weights drawn from ``seed``."""
     torch.manual_seed(seed)
     return build_model(name, data.num_classes, in_channels=1, image_size=8)
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (key, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), key
+
+
+class Interrupt:
+    """A forward hook that raises KeyboardInterrupt (Ctrl-C) at the n-th training step."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step, self.steps = at_step, 0
+
+    def __call__(self, module, inputs, output):
+        if module.training:
+            self.steps += 1
+            if self.steps == self.at_step:
+                raise KeyboardInterrupt

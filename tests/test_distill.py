@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny
+from helpers import Interrupt, assert_same_weights, tiny
 
 from kdbook.distill import TERMS, Distiller, Term, list_terms, register_term
 from kdbook.losses import kd_loss, soft_kd_term
@@ -47,24 +47,6 @@ def prob_l2():
 
 def without_seconds(history) -> list[dict]:
     return [{k: v for k, v in e.items() if k != "seconds"} for e in history.epochs]
-
-
-def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    for (key, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        assert torch.equal(x, y), key
-
-
-class Interrupt:
-    """A forward hook that raises KeyboardInterrupt (Ctrl-C) at the n-th training step."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step, self.steps = at_step, 0
-
-    def __call__(self, module, inputs, output):
-        if module.training:
-            self.steps += 1
-            if self.steps == self.at_step:
-                raise KeyboardInterrupt
 
 
 # -- the registry ---------------------------------------------------------------------------

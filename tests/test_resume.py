@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from helpers import tiny
+from helpers import Interrupt, assert_same_weights, tiny
 
 from kdbook.checkpoint import load_checkpoint, save_checkpoint
 from kdbook.train import fit
@@ -24,11 +24,6 @@ NUM_EPOCHS = 5
 
 def without_seconds(history) -> list[dict]:
     return [{k: v for k, v in e.items() if k != "seconds"} for e in history.epochs]
-
-
-def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    for (key, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        assert torch.equal(x, y), key
 
 
 def checkpoint_epoch(path) -> int:
@@ -92,19 +87,6 @@ def test_sigkill_mid_training_then_rerun_equals_uninterrupted_run(digits, tmp_pa
     assert_same_weights(loaded, reference)
     blob = torch.load(path, weights_only=True)
     assert blob["run"]["finished"] and "optimizer" not in blob["run"]  # only the result stays
-
-
-class Interrupt:
-    """A forward hook that raises KeyboardInterrupt (Ctrl-C) at the n-th training step."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step, self.steps = at_step, 0
-
-    def __call__(self, module, inputs, output):
-        if module.training:
-            self.steps += 1
-            if self.steps == self.at_step:
-                raise KeyboardInterrupt
 
 
 def test_ctrl_c_then_rerun_equals_uninterrupted_distillation(digits, tmp_path, capsys):
