@@ -417,6 +417,25 @@ def _add_bench(sub: Any, fmt: type) -> None:
     bench.add_argument(
         "--smoke", action="store_true", help="a few steps only: checks that it runs (CI)"
     )
+    bench.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="instead: N seeds x (scratch, KD) side by side against one at a time and one fit",
+    )
+    bench.add_argument(
+        "--thread-choice",
+        action="store_true",
+        help="instead: the classroom's runs at 1 thread and every core, and threads='auto'",
+    )
+    bench.add_argument(
+        "--epochs", type=int, metavar="N", help="--seeds/--thread-choice: epochs per run"
+    )
+    bench.add_argument(
+        "--neighbour",
+        action="store_true",
+        help="--seeds/--thread-choice: a busy process on one core while timing",
+    )
     bench.add_argument("--out", metavar="FILE", help="also write the result as JSON here")
 
 
@@ -525,6 +544,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from kdbook.bench import run_bench, save_bench
 
+    if args.seeds is not None or args.thread_choice:
+        return _cmd_bench_runs(args)
+
     result = run_bench(
         args.preset,
         device=args.device,
@@ -542,6 +564,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print("(smoke mode: a few steps to check that the bench runs; not a measurement)")
     if args.out:
         print(f"\nresult: {_show(save_bench(result, args.out))}")
+    return 0
+
+
+def _cmd_bench_runs(args: argparse.Namespace) -> int:
+    from kdbook.bench_runs import bench_seeds, bench_threads
+
+    if args.seeds is not None and args.thread_choice:
+        raise ValueError("--seeds and --thread-choice measure different things: give one")
+    if args.epochs is not None and not (isinstance(args.epochs, int) and args.epochs >= 1):
+        raise ValueError(f"--epochs must be an integer >= 1, got {args.epochs!r}")
+    if args.seeds is not None:
+        result = bench_seeds(args.seeds, num_epochs=args.epochs, neighbour=args.neighbour)
+    else:
+        result = bench_threads(num_epochs=args.epochs or 3, neighbour=args.neighbour)
+    print(result.table())
+    if args.out:
+        print(f"\nresult: {_show(result.save(args.out))}")
     return 0
 
 

@@ -26,9 +26,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdbook.config import default
 from kdbook.data import Dataset
 from kdbook.evaluate import accuracy, predict
 from kdbook.models import build_model
+from kdbook.train import BaseHook
 
 SCRATCH = "student (scratch)"  # the student trained alone: every comparison's reference
 KD = "student (KD)"  # the one method of :func:`compare`
@@ -351,6 +353,7 @@ def compare_methods(
     progress: bool = True,
     keep_models: bool = False,
     splits: Sequence[str] = ("test",),
+    stack: bool = True,
     **fit_kwargs: Any,
 ) -> Comparison:
     """Train ``student`` alone and with each method, from the same weights per seed.
@@ -367,14 +370,17 @@ def compare_methods(
     another split's the column ``"<run> (<split>)"`` (e.g. validation accuracies to choose
     on, next to the test ones to report).
 
+    ``stack``: train the runs that can share a step side by side (:mod:`kdbook.stack`:
+    every seed and recipe as one stacked model, each run's weights as if trained alone);
+    the others, or all with ``stack=False``, train one at a time. Before training it
+    prints the plan, and after a first epoch the time the rest will take.
+
     Returns:
         A :class:`Comparison`: ``per_seed`` holds each run's test accuracy and seconds per
         epoch; ``summary`` (:func:`summarize_methods`) has, per method, test accuracy mean
         and 95% interval, the paired gain over scratch and over ``baseline`` (e.g. plain
         logit KD), and the mean seconds per epoch with its ratio to scratch.
     """
-    from kdbook.train import fit
-
     if not seeds:
         raise ValueError("seeds must name at least one seed, got []")
     if baseline is not None and baseline not in methods:
@@ -382,34 +388,147 @@ def compare_methods(
     if "test" not in splits or not set(splits) <= {"val", "test"}:
         raise ValueError(f"splits must be ('test',) or ('val', 'test'), got {splits!r}")
     fit_kwargs.setdefault("progress", False)
-    device = fit_kwargs.get("device", "cpu")
-    rows, models = [], {}
+    recipes = {SCRATCH: {}, **methods}
+    plan = _Plan(student, data, recipes, seeds, fit_kwargs, stack)
+    if progress:
+        print(plan.describe(setting))
+    rows: dict[int, dict[str, Any]] = {}
+    models: dict[int, dict[str, nn.Module]] = {}
     desc = f"{setting}: runs" if setting else "runs"
-    bar = tqdm(total=len(seeds) * (len(methods) + 1), desc=desc, disable=not progress)
+    bar = tqdm(total=len(seeds) * len(recipes), desc=desc, disable=not progress)
+
+    def record(run: _Run, history: Any) -> None:
+        row = rows[run.seed]
+        for split in splits:
+            labels = getattr(data, split).labels
+            acc = accuracy(predict(run.model, data, split, plan.device), labels)
+            row[run.name if split == "test" else f"{run.name} ({split})"] = acc
+        row[f"{run.name}{SECONDS}"] = statistics.fmean(e["seconds"] for e in history.epochs)
+        if keep_models:
+            models.setdefault(run.seed, {})[run.name] = run.model
+        bar.update()
+
+    stacked: list[_Run] = []
     for seed in seeds:
         torch.manual_seed(seed)
         init = build_model(student, data)
-        row: dict[str, Any] = {"seed": seed, "init_norm": first_layer_norm(init)}
-        for name, extra in {SCRATCH: {}, **methods}.items():
-            extra = dict(extra)
-            loss = extra.get("feature_loss")
+        rows[seed] = {"seed": seed, "init_norm": first_layer_norm(init)}
+        for name, extra in recipes.items():
+            run = _Run(seed, name, copy.deepcopy(init), {**fit_kwargs, **extra, "seed": seed})
+            if plan.stacked(name):
+                stacked.append(run)
+                torch.manual_seed(seed)  # the global RNG as the run's own fit would leave it
+                continue
+            loss = run.kwargs.get("feature_loss")
             if loss is not None and not isinstance(loss, nn.Module):
-                extra["feature_loss"] = loss()  # a fresh adapter for this seed
-            model = copy.deepcopy(init)
-            history = fit(model, data, seed=seed, **{**fit_kwargs, **extra})  # method wins
-            for split in splits:
-                acc = accuracy(predict(model, data, split, device), getattr(data, split).labels)
-                row[name if split == "test" else f"{name} ({split})"] = acc
-            row[f"{name}{SECONDS}"] = statistics.fmean(e["seconds"] for e in history.epochs)
-            if keep_models:
-                models.setdefault(seed, {})[name] = model
-            bar.update()
-        rows.append(row)
+                run.kwargs["feature_loss"] = loss()  # a fresh adapter for this seed
+            record(run, plan.fit(run))
+    for group in plan.groups(stacked):
+        for run, history in zip(group, plan.fit_stack(group, progress, setting), strict=True):
+            record(run, history)
     bar.close()
-    per_seed = pd.DataFrame(rows).set_index("seed")
+    per_seed = pd.DataFrame([rows[seed] for seed in seeds]).set_index("seed")
+    if stacked:  # runs that shared a step have no time of their own
+        per_seed = per_seed.drop(columns=[c for c in per_seed.columns if c.endswith(SECONDS)])
     result = Comparison.from_per_seed(per_seed, list(methods), baseline=baseline, setting=setting)
     result.models = models
     return result
+
+
+@dataclass
+class _Run:
+    seed: int
+    name: str
+    model: nn.Module
+    kwargs: dict[str, Any]
+
+
+class _Plan:
+    """Which recipes of a comparison train side by side (:mod:`kdbook.stack`), which alone."""
+
+    def __init__(self, student, data, recipes, seeds, fit_kwargs, stack: bool) -> None:
+        from kdbook.stack import why_not_stacked
+
+        self.student, self.data, self.seeds = student, data, seeds
+        self.epochs = fit_kwargs.get("num_epochs", default("num_epochs"))
+        self.device = fit_kwargs.get("device", "cpu")
+        probe = build_model(student, data)
+        self.reasons = {
+            name: why_not_stacked(probe, {**fit_kwargs, **extra}) if stack else "stack=False"
+            for name, extra in recipes.items()
+        }
+        if len(seeds) * sum(r is None for r in self.reasons.values()) < 2:
+            self.reasons = {name: r or "one run" for name, r in self.reasons.items()}
+        self.alone = sum(r is not None for r in self.reasons.values()) * len(seeds)
+        self.timed = False
+
+    def stacked(self, name: str) -> bool:
+        return self.reasons[name] is None
+
+    def describe(self, setting: str) -> str:
+        """The plan in one line: models x seeds x epochs on which device, and how."""
+        together = len(self.seeds) * len(self.reasons) - self.alone
+        line = (
+            f"{setting or 'comparison'}: {len(self.reasons)} recipes x {len(self.seeds)} seeds "
+            f"of {self.student}, {self.epochs} epochs each on {self.device}"
+        )
+        if together:
+            line += f"; {together} runs side by side"
+        alone = {name: r for name, r in self.reasons.items() if r is not None}
+        if alone and together:
+            why = "; ".join(f"{name!r}: {r}" for name, r in alone.items())
+            line += f"; {self.alone} one at a time ({why})"
+        return line
+
+    def fit(self, run: _Run) -> Any:
+        """One run alone; the first one says how long the runs alone will take."""
+        from kdbook.train import fit
+
+        kwargs = dict(run.kwargs)
+        if not self.timed and kwargs.get("progress") is False:
+            kwargs["hooks"] = [*kwargs.get("hooks", ()), _Estimate(self.alone, self.epochs)]
+            self.timed = True
+        return fit(run.model, self.data, **kwargs)
+
+    def groups(self, runs: list[_Run]) -> list[list[_Run]]:
+        """The stacked runs by architecture and shared settings, in order."""
+        from kdbook.stack import stack_key
+
+        groups: dict[tuple, list[_Run]] = {}
+        for run in runs:
+            groups.setdefault(stack_key(run.model, run.kwargs), []).append(run)
+        return list(groups.values())
+
+    def fit_stack(self, group: list[_Run], progress: bool, setting: str) -> list[Any]:
+        """The runs side by side; one at a time (same result) where vmap refuses the model."""
+        from kdbook.stack import SHARED_KEYWORDS, NotStackable, fit_stacked
+
+        shared = {k: group[0].kwargs[k] for k in SHARED_KEYWORDS if k in group[0].kwargs}
+        own = [{k: v for k, v in r.kwargs.items() if k not in shared} for r in group]
+        desc = f"{setting}: {len(group)} runs side by side" if setting else None
+        try:
+            return fit_stacked(
+                [r.model for r in group], self.data, own, progress=progress, desc=desc,
+                announce=progress, **shared,
+            )  # fmt: skip
+        except NotStackable as e:
+            print(f"kdbook: {len(group)} runs train one at a time instead ({e})")
+            return [self.fit(run) for run in group]
+
+
+class _Estimate(BaseHook):
+    """A hook: after the first epoch of the first run alone, the time all of them need."""
+
+    def __init__(self, runs: int, epochs: int) -> None:
+        self.runs, self.epochs = runs, epochs
+
+    def end_epoch(self, loop: Any, record: dict[str, float]) -> None:
+        if record["epoch"] == 1 and self.runs * self.epochs > 1:
+            first = record["seconds"]
+            print(
+                f"first epoch {first:.1f} s: about {first * self.epochs * self.runs:.0f} s for "
+                f"{self.runs} runs"
+            )
 
 
 def compare(

@@ -155,6 +155,9 @@ PARAMS: tuple[Param, ...] = (
           "'cpu', 'cuda', 'auto'; None means the preset's", fit=True),
     Param("run_dir", str, "../runs/lab", lambda v: isinstance(v, str) and bool(v),
           "a non-empty path", "folder shared by the notebooks of one run", train=False),
+    Param("threads", str, "auto", lambda v: v == "auto" or (_is_int(v) and v >= 1),
+          "'auto' or an integer >= 1",
+          "CPU threads per run: 'auto' is 1 for the classroom's tiny models", train=False),
     Param("label_fraction", float, None, lambda v: _is_number(v) and 0 < v <= 1,
           "a number in (0, 1]", "share of training labels kept in the scarce-label setting",
           train=False),
@@ -285,8 +288,14 @@ def config_from(namespace: Mapping[str, Any]) -> Config:
     A notebook calls ``cfg = config_from(globals())`` after its parameters cell: every
     shared parameter it declares reaches the configuration, the others take their
     defaults, and the notebook's own parameters (``hint_weight``, ...) are left alone.
+    ``threads`` (papermill's ``-p threads 2``) becomes the process's thread setting
+    (:func:`kdbook.runtime.use_threads`).
     """
-    return make_config(**{name: namespace[name] for name in FIELDS if name in namespace})
+    from kdbook.runtime import use_threads
+
+    cfg = make_config(**{name: namespace[name] for name in FIELDS if name in namespace})
+    use_threads(cfg.threads)  # the start of the work: the thread setting of every run after it
+    return cfg
 
 
 def resolve_device(device: str) -> str:

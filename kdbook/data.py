@@ -457,6 +457,7 @@ class Loader:
         self.num_batches = num_batches or math.ceil(len(self.labels) / batch_size)
         self.shard = shard
         self.replay: torch.Tensor | None = None
+        self.views: torch.Tensor | None = None  # the last batch's view parameters, if any
         self.global_size = 0
 
     def __len__(self) -> int:
@@ -501,4 +502,5 @@ class Loader:
             if params is not None:
                 augment = self.augment or self.data.augment
                 x = augment.apply(x, params)
+            self.views = params
             yield self.data.normalize(x), self.labels[idx], idx

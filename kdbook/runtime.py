@@ -8,9 +8,11 @@ batch split into accumulation chunks, each chunk's loss under autocast (scaled b
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,6 +64,100 @@ def make_optimizer(
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **extra)
+
+
+# --- threads ---------------------------------------------------------------------------
+
+# Forward FLOPs of one training step (batch x per-image FLOPs of the student and teachers)
+# under which a second intra-op thread gains nothing on a quiet CPU and costs several times
+# on a busy one (measured by ``kdbook bench --threads``): such runs get one thread.
+ONE_THREAD_FLOPS = 50_000_000
+THREADS_ENV = "KDBOOK_THREADS"  # the cores a process may use (``kdbook sweep --jobs`` sets it)
+_policy: int | str = "auto"
+_cores: int | None = None  # torch's own default, read when first needed (never on import)
+
+
+def use_threads(threads: int | str) -> None:
+    """This process's intra-op thread setting: ``"auto"`` (chosen per run by
+    :func:`choose_threads`) or a number of threads for every run."""
+    if threads != "auto" and not (isinstance(threads, int) and threads >= 1):
+        raise ValueError(f"threads must be 'auto' or an integer >= 1, got {threads!r}")
+    global _policy
+    _policy = threads
+
+
+def available_cores() -> int:
+    """The cores this process may use: ``$KDBOOK_THREADS`` when set, else torch's default."""
+    global _cores
+    if _cores is None:
+        _cores = torch.get_num_threads()
+    value = os.environ.get(THREADS_ENV, "")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"${THREADS_ENV} must be an integer >= 1, got {value!r}")
+        return int(value)
+    return _cores
+
+
+def step_flops(models: Sequence[nn.Module], image_shape: tuple[int, ...], batch_size: int) -> int:
+    """Forward FLOPs of one step of ``batch_size`` images through every model, counting the
+    convolutions and linear layers (2 per multiply-add; one eval pass of one image each)."""
+    return batch_size * sum(_layer_flops(m, tuple(image_shape)) for m in models)
+
+
+_FLOPS: dict[tuple, int] = {}
+
+
+@torch.no_grad()
+def _layer_flops(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    key = (getattr(model, "kdbook_name", type(model).__name__), image_shape)
+    key += (sum(p.numel() for p in model.parameters()),)
+    if key in _FLOPS:
+        return _FLOPS[key]
+    total = 0
+
+    def count(layer: nn.Module, inputs: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):
+            per_output = (
+                layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+            )
+        else:
+            per_output = layer.in_features
+        total += 2 * per_output * out.numel()
+
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    handles = [m.register_forward_hook(count) for m in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *image_shape, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    _FLOPS[key] = total
+    return total
+
+
+def choose_threads(*models: nn.Module, data: Any, batch_size: int) -> int:
+    """Set torch's intra-op threads for a run on the CPU about to train ``models`` on ``data``.
+
+    A number given to :func:`use_threads` wins; ``"auto"`` is one thread when a step's
+    forward work is under :data:`ONE_THREAD_FLOPS` (the classroom's tiny models), else
+    :func:`available_cores`. Returns the number set (unchanged off the CPU).
+    """
+    if next(models[0].parameters()).device.type != "cpu":
+        return torch.get_num_threads()
+    if _policy != "auto":
+        threads = int(_policy)
+    else:
+        shape = (data.in_channels, data.image_size, data.image_size)
+        small = step_flops(models, shape, batch_size) < ONE_THREAD_FLOPS
+        threads = 1 if small else available_cores()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 # --- torchrun -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ and the rest of the distillation keywords); how a step runs is a
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ from kdbook.config import check_params, default, resolve_device
 from kdbook.data import UNLABELED, Dataset, Loader, Split
 from kdbook.distill import ALPHA, TEMPERATURE, Distiller, LogitCache, Schedulable
 from kdbook.models import check_model_fits
-from kdbook.runtime import Runtime, all_reduce, autocast, broadcast_buffers
+from kdbook.runtime import Runtime, all_reduce, autocast, broadcast_buffers, choose_threads
 from kdbook.schedules import value_at
 
 # --- hooks -----------------------------------------------------------------------------
@@ -70,7 +71,7 @@ class Hook(Protocol):
     def end(self, loop: Loop) -> None: ...
 
 
-class _Hook:
+class BaseHook:
     """No-op defaults for the :class:`Hook` methods."""
 
     def settings(self) -> dict[str, Any]:
@@ -92,7 +93,7 @@ class _Hook:
         pass
 
 
-class FreezeHead(_Hook):
+class FreezeHead(BaseHook):
     """The student's classifier (``model.head``) gets no update for the first ``fraction``
     of training (source 5's stage 1: align the features with the head frozen)."""
 
@@ -121,7 +122,7 @@ class FreezeHead(_Hook):
                 p.grad = None
 
 
-class ClipGradNorm(_Hook):
+class ClipGradNorm(BaseHook):
     """Clip the gradient's global norm to ``max_norm`` before each step (source 2's remedy
     for unstable steps); gradients are unscaled first under fp16."""
 
@@ -142,7 +143,7 @@ class ClipGradNorm(_Hook):
         torch.nn.utils.clip_grad_norm_(params, self.max_norm)
 
 
-class TensorBoard(_Hook):
+class TensorBoard(BaseHook):
     """Every record of the history as TensorBoard scalars in ``log_dir``, per epoch
     (``tensorboard --logdir DIR`` shows them); written by rank 0 only."""
 
@@ -262,27 +263,15 @@ def fit(
         and accuracy, learning rate, seconds, and the terms' logs (``kl`` with a teacher,
         ``feature_loss``) and the epoch means of scheduled values.
     """
-    distiller = _distiller(teacher, temperature, alpha, distill)
-    params = {"num_epochs": num_epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
-    params |= {"device": device, "accumulation_steps": accumulation_steps}
-    _check_inputs(model, data, params)
-    runtime = Runtime.create(torch.device(resolve_device(device)), precision, channels_last)
-    hooks = [*hooks, *([Checkpoint(checkpoint, resume)] if checkpoint is not None else [])]
-    for hook in hooks:
-        hook.check(model)
-    runtime.prepare(model)
-    check_model_fits(model, data, runtime.device, "model")
-    distiller.check(model, data, runtime.device)
-    torch.manual_seed(seed)
-    optim = {"optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay}
-    loop = _setup(model, data, distiller, runtime, hooks, augment, params | optim)
+    args = {k: v for k, v in locals().items() if k not in ("model", "data")}  # fit's keywords
+    loop, hooks = start(model, data, args)
     done = max([hook.start(loop) for hook in hooks], default=0)
     try:
         if done < num_epochs:
             bar = tqdm(
                 range(done + 1, num_epochs + 1),
                 desc=desc or "train",
-                disable=not progress or runtime.rank != 0,
+                disable=not progress or loop.runtime.rank != 0,
                 total=num_epochs,
                 initial=done,
             )
@@ -299,6 +288,41 @@ def fit(
             hook.end(loop)
     loop.student.eval()
     return loop.history
+
+
+def start(model: nn.Module, data: Dataset, args: dict[str, Any]) -> tuple[Loop, list[Hook]]:
+    """What :func:`fit` does before its first epoch, for ``args`` (all of fit's keywords,
+    ``distill`` the dict of distillation keywords): every check, then the set-up run."""
+    a = args
+    distiller = _distiller(a["teacher"], a["temperature"], a["alpha"], a["distill"])
+    params = {k: a[k] for k in ("num_epochs", "lr", "batch_size", "seed", "device")}
+    params["accumulation_steps"] = a["accumulation_steps"]
+    _check_inputs(model, data, params)
+    device = torch.device(resolve_device(a["device"]))
+    runtime = Runtime.create(device, a["precision"], a["channels_last"])
+    hooks = [*a["hooks"]]
+    if a["checkpoint"] is not None:
+        hooks.append(Checkpoint(a["checkpoint"], a["resume"]))
+    for hook in hooks:
+        hook.check(model)
+    runtime.prepare(model)
+    check_model_fits(model, data, runtime.device, "model")
+    distiller.check(model, data, runtime.device)
+    choose_threads(model, *distiller.teachers, data=data, batch_size=a["batch_size"])
+    torch.manual_seed(a["seed"])
+    optim = {k: a[k] for k in ("optimizer", "momentum", "weight_decay")}
+    return _setup(model, data, distiller, runtime, hooks, a["augment"], params | optim), hooks
+
+
+_FIT_SIGNATURE = inspect.signature(fit)  # fit's own, even where a test wraps kdbook.train.fit
+
+
+def fit_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` for :func:`fit` completed with fit's defaults, as :func:`start` takes them
+    (the distillation keywords gathered under ``distill``)."""
+    bound = _FIT_SIGNATURE.bind(None, None, **kwargs)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k not in ("model", "data")}
 
 
 def _setup(

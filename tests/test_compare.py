@@ -69,8 +69,9 @@ def test_compare_on_digits(digits, monkeypatch):
 
     monkeypatch.setattr(kdbook.train, "fit", recording_fit)
     result = compare(
-        "tiny_cnn", teacher, digits, seeds=[0, 1], num_epochs=1, setting="test", progress=False
-    )
+        "tiny_cnn", teacher, digits, seeds=[0, 1], num_epochs=1, setting="test", progress=False,
+        stack=False,  # one fit per run, each recorded (tests/test_stack.py: side by side)
+    )  # fmt: skip
     # Per seed: one scratch and one KD run, starting from identical weights.
     assert [(seed, kd) for seed, kd, _ in starts] == [(0, False), (0, True), (1, False), (1, True)]
     for (_, _, scratch), (_, _, distilled) in (starts[0:2], starts[2:4]):
@@ -160,6 +161,7 @@ def test_compare_methods_shares_the_start_and_gives_fresh_adapters(digits) -> No
         seeds=[0, 1],
         baseline="logit KD",
         num_epochs=1,
+        stack=False,  # each run timed alone: the time ratios
     )
     assert len(made) == 2 and made[0] is not made[1], "one fresh adapter per seed"
     assert list(result.summary.index) == [SCRATCH, "logit KD", "hint"]
@@ -360,9 +362,11 @@ def test_compare_is_compare_methods_with_one_method(digits, monkeypatch) -> None
 
     monkeypatch.setattr(kdbook.train, "fit", fake_fit)
     teacher = object()
-    one = compare("tiny_cnn", teacher, digits, seeds=[0, 1], progress=False, setting="s")
+    one = compare(
+        "tiny_cnn", teacher, digits, seeds=[0, 1], progress=False, setting="s", stack=False
+    )
     many = compare_methods(
-        "tiny_cnn", digits, {KD: {"teacher": teacher}}, seeds=[0, 1], progress=False
+        "tiny_cnn", digits, {KD: {"teacher": teacher}}, seeds=[0, 1], progress=False, stack=False
     )
     for col in ("init_norm", SCRATCH, KD):
         assert one.per_seed[col].tolist() == many.per_seed[col].tolist()
@@ -410,7 +414,7 @@ def test_compare_methods_keeps_models_and_measures_other_splits(digits, monkeypa
     monkeypatch.setattr(kdbook.train, "fit", fake_fit)
     result = compare_methods(
         "tiny_cnn", digits, {"kd": {"teacher": object()}}, seeds=[0, 1], progress=False,
-        keep_models=True, splits=("val", "test"), setting="s",
+        keep_models=True, splits=("val", "test"), setting="s", stack=False,
     )  # fmt: skip
     assert sorted(result.models) == [0, 1] and list(result.models[1]) == [SCRATCH, "kd"]
     kept = result.models[1]["kd"]

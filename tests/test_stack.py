@@ -1,0 +1,169 @@
+"""Seeds side by side (kdbook.stack): each run ends where fit alone would have taken it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from kdbook.compare import SCRATCH, compare, compare_methods
+from kdbook.models import build_model
+from kdbook.stack import NotStackable, TeacherViews, fit_stacked, why_not_stacked
+from kdbook.train import fit
+
+# Float round-off between a stacked step and a lone one (sums in another order, the
+# teacher's batch of another size) after an epoch of SGD: measured at most 3e-6 here.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    torch.manual_seed(100)
+    model = build_model("digits_teacher", digits)
+    fit(model, digits, num_epochs=1, progress=False)
+    return model
+
+
+def _inits(data, runs):
+    out = []
+    for run in runs:
+        torch.manual_seed(run["seed"])
+        out.append(build_model("tiny_cnn", data))
+    return out
+
+
+def _both(data, runs, **shared):
+    """The runs trained one at a time by fit and side by side: (models, histories) each."""
+    inits = _inits(data, runs)
+    alone = [copy.deepcopy(m) for m in inits]
+    stacked = [copy.deepcopy(m) for m in inits]
+    h_alone = [
+        fit(m, data, progress=False, **shared, **r) for m, r in zip(alone, runs, strict=True)
+    ]
+    h_stacked = fit_stacked(stacked, data, runs, progress=False, **shared)
+    return (alone, h_alone), (stacked, h_stacked)
+
+
+def _assert_same(a, b, atol=ATOL):
+    (models_a, hist_a), (models_b, hist_b) = a, b
+    for ma, mb in zip(models_a, models_b, strict=True):
+        sa, sb = ma.state_dict(), mb.state_dict()
+        assert sa.keys() == sb.keys()
+        for name in sa:
+            if sa[name].is_floating_point():
+                torch.testing.assert_close(sb[name], sa[name], atol=atol, rtol=0, msg=name)
+            else:  # BatchNorm's num_batches_tracked
+                assert torch.equal(sa[name], sb[name]), name
+    for ha, hb in zip(hist_a, hist_b, strict=True):
+        assert ha.settings == hb.settings
+        assert len(ha.epochs) == len(hb.epochs)
+        for ea, eb in zip(ha.epochs, hb.epochs, strict=True):
+            assert ea.keys() == eb.keys()
+            for key in ea.keys() - {"seconds"}:
+                assert eb[key] == pytest.approx(ea[key], abs=1e-4), key
+
+
+def test_one_epoch_side_by_side_equals_each_run_alone(digits, teacher):
+    runs = [{"seed": s} for s in range(2)] + [{"seed": s, "teacher": teacher} for s in range(2)]
+    alone, stacked = _both(digits, runs, num_epochs=1)
+    _assert_same(alone, stacked)
+    # and the runs did train, each its own way
+    assert not torch.equal(alone[0][0].head[1].weight, alone[0][2].head[1].weight)
+
+
+def test_scarce_labels_adamw_and_a_grid_of_t_and_alpha(digits, teacher):
+    # the scratch runs see the few labelled samples (other batches, other sizes at the end)
+    scarce = digits.with_label_fraction(0.05, seed=0)
+    runs = [{"seed": 0}, {"seed": 1, "teacher": teacher, "temperature": 1.0, "alpha": 0.3}]
+    runs += [{"seed": 1, "teacher": teacher, "temperature": 8.0, "alpha": 0.9}]
+    alone, stacked = _both(scarce, runs, num_epochs=2, optimizer="adamw", lr=0.01)
+    _assert_same(alone, stacked)
+
+
+def test_teacher_view_table_gives_the_teachers_answers(digits, teacher):
+    # 30 epochs x 2 runs are more passes than digits' 9 views: the stack builds the table
+    from kdbook.data import Loader
+
+    loader = Loader(digits, digits.train, 64, shuffle=True, augment=True, seed=3)
+    assert TeacherViews.count(loader.augment) == 9
+    assert TeacherViews.build(teacher, loader, _runtime(), passes=9) is None  # not cheaper
+    table = TeacherViews.build(teacher, loader, _runtime(), passes=60)
+    teacher.eval()
+    for x, _, idx in loader:
+        with torch.no_grad():
+            torch.testing.assert_close(
+                table.lookup(idx, loader.views), teacher(x), atol=1e-5, rtol=0
+            )
+    runs = [{"seed": 0, "teacher": teacher}, {"seed": 1, "teacher": teacher}]
+    alone, stacked = _both(digits, runs, num_epochs=5)  # 10 passes > 9 views: table
+    _assert_same(alone, stacked)
+
+
+def _runtime():
+    from kdbook.runtime import Runtime
+
+    return Runtime.create(torch.device("cpu"), "fp32")
+
+
+def test_what_cannot_be_stacked_says_why(digits, teacher):
+    model = build_model("tiny_cnn", digits)
+    assert why_not_stacked(model, {"teacher": teacher, "seed": 0}) is None
+    assert "feature_loss" in why_not_stacked(model, {"feature_loss": object()})
+    assert "hooks" in why_not_stacked(model, {"hooks": []})
+    assert "list" in why_not_stacked(model, {"teacher": [teacher, teacher]})
+    assert "dropout" in why_not_stacked(torch.nn.Sequential(torch.nn.Dropout(0.1)), {})
+    with pytest.raises(NotStackable, match="architecture"):
+        fit_stacked(
+            [model, build_model("simple_resnet", digits)], digits, [{}, {}], progress=False
+        )
+    with pytest.raises(NotStackable, match="checkpoint"):
+        fit_stacked([model], digits, [{"checkpoint": "x.pt"}], progress=False)
+
+
+def test_compare_side_by_side_gives_the_same_accuracies(digits, teacher, capsys):
+    # the classroom's recipe (30 epochs) on two seeds: every per-seed accuracy the same
+    seeds, kw = [0, 1], {"progress": True}
+    together = compare("tiny_cnn", teacher, digits, seeds=seeds, **kw)
+    plan = capsys.readouterr().out
+    assert "4 runs side by side" in plan and "30 epochs each on cpu" in plan
+    assert "first epoch" in plan  # the time estimate after the first epoch
+    alone = compare("tiny_cnn", teacher, digits, seeds=seeds, stack=False, progress=False)
+    assert together.per_seed.equals(alone.per_seed[together.per_seed.columns])
+
+
+def test_runs_that_cannot_be_stacked_train_alone_with_a_message(digits, teacher, capsys):
+    from kdbook.losses import HintLoss
+    from kdbook.models import feature_shape
+
+    fs = feature_shape(build_model("tiny_cnn", digits), 1, 8)
+    ft = feature_shape(teacher, 1, 8)
+    methods = {
+        "KD": {"teacher": teacher},
+        "hint": {"teacher": teacher, "feature_loss": lambda: HintLoss(fs[0], ft[0]),
+                 "feature_weight": 1.0},
+    }  # fmt: skip
+    mixed = compare_methods("tiny_cnn", digits, methods, seeds=[0, 1], num_epochs=2)
+    out = capsys.readouterr().out
+    assert "4 runs side by side" in out and "2 one at a time ('hint': feature_loss" in out
+    alone = compare_methods("tiny_cnn", digits, methods, seeds=[0, 1], num_epochs=2, stack=False)
+    for run in (SCRATCH, "KD", "hint"):
+        assert mixed.per_seed[run].tolist() == alone.per_seed[run].tolist(), run
+    assert "s / epoch" not in mixed.table().columns  # stacked runs have no time of their own
+    assert "s / epoch" in alone.table().columns
+
+
+def test_fit_leaves_the_global_rng_as_its_seed_does(digits, teacher):
+    # compare skips a stacked run's fit by seeding as that fit would: the later runs'
+    # random draws (a fresh feature adapter) stay those of one-at-a-time training
+    torch.manual_seed(3)
+    expected = torch.random.get_rng_state()
+    fit(
+        build_model("tiny_cnn", digits),
+        digits,
+        teacher=teacher,
+        num_epochs=1,
+        seed=3,
+        progress=False,
+    )
+    assert torch.equal(torch.random.get_rng_state(), expected)
