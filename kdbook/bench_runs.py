@@ -73,7 +73,7 @@ def _classroom(num_epochs: int | None):
     from kdbook.train import fit
 
     cfg = make_config(preset="classroom", **({"num_epochs": num_epochs} if num_epochs else {}))
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(cfg.dataset, image_size=cfg.image_size)
     torch.manual_seed(0)
     teacher = build_model(cfg.teacher, data)
     fit(teacher, data, num_epochs=2, progress=False)  # any weights do: the cost is the same

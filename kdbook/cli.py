@@ -686,7 +686,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     world, device = _join_processes(cfg.device)
     try:
         rank = int(os.environ.get("RANK", "0"))
-        data = load_dataset(cfg.dataset)
+        data = load_dataset(cfg.dataset, image_size=cfg.image_size)
         if args.label_fraction is not None:
             data = data.with_label_fraction(args.label_fraction, seed=cfg.seed)
         teacher = None

@@ -35,9 +35,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_epochs": 30,
         "lr": 0.05,
         "batch_size": 64,
-        "num_seeds": 5,
+        "num_seeds": 10,
         "label_fraction": 0.05,
         "device": "cpu",
+        "image_size": 64,  # ImageFolder trees only
     },
     # CIFAR-10 on one GPU (place the data in data/): source 1's models, loss and optimizer,
     # shortened from its 200 epochs of batch 128 to fit the book's time budget.
@@ -51,6 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_seeds": 3,
         "label_fraction": 0.1,
         "device": "auto",
+        "image_size": 64,  # ImageFolder trees only
     },
     # An ImageFolder tree such as the chest X-ray layout (source 4), sized for a CPU.
     "imagefolder": {
@@ -63,7 +65,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_seeds": 3,
         "label_fraction": 0.1,
         "device": "auto",
+        "image_size": 64,
     },
+}
+
+# What a preset becomes when its device turns out to be a CPU, for every parameter left at
+# None: sizes that keep each notebook near a minute on a laptop (give the parameter, e.g.
+# ``-p image_size 64 -p num_epochs 10 -p teacher resnet18_cifar``, for the full size).
+CPU_SIZES: dict[str, dict[str, Any]] = {
+    "imagefolder": {"image_size": 32, "num_epochs": 5, "teacher": "simple_resnet"},
 }
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -158,6 +168,8 @@ PARAMS: tuple[Param, ...] = (
     Param("threads", str, "auto", lambda v: v == "auto" or (_is_int(v) and v >= 1),
           "'auto' or an integer >= 1",
           "CPU threads per run: 'auto' is 1 for the classroom's tiny models", train=False),
+    Param("image_size", int, None, lambda v: _is_int(v) and v >= 2, "an integer >= 2",
+          "side ImageFolder images are resized to; None means the preset's", train=False),
     Param("label_fraction", float, None, lambda v: _is_number(v) and 0 < v <= 1,
           "a number in (0, 1]", "share of training labels kept in the scarce-label setting",
           train=False),
@@ -257,11 +269,12 @@ def make_config(preset: str = "classroom", **given: Any) -> Config:
             f"{', '.join(FIELDS)}"
         )
     check_params({"preset": preset})
+    sizes = PRESETS[preset] | cpu_sizes(preset, given.get("device"))
     resolved = {}
     for p in PARAMS:
         value = preset if p.name == "preset" else given.get(p.name, p.default)
         if value is None:
-            value = PRESETS[preset].get(p.name)
+            value = sizes.get(p.name)
         if p.type is float and _is_int(value):
             value = float(value)
         resolved[p.name] = value
@@ -282,6 +295,15 @@ make_config.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
 )
 
 
+def cpu_sizes(preset: str, device: str | None) -> dict[str, Any]:
+    """:data:`CPU_SIZES` of ``preset`` when ``device`` (None: the preset's) is a CPU, else {}."""
+    if preset not in CPU_SIZES:
+        return {}
+    device = device or PRESETS[preset]["device"]
+    check_params({"device": device})
+    return CPU_SIZES[preset] if resolve_device(device) == "cpu" else {}
+
+
 def config_from(namespace: Mapping[str, Any]) -> Config:
     """:func:`make_config` from the declared names found in ``namespace``.
 
@@ -293,8 +315,16 @@ def config_from(namespace: Mapping[str, Any]) -> Config:
     """
     from kdbook.runtime import use_threads
 
-    cfg = make_config(**{name: namespace[name] for name in FIELDS if name in namespace})
+    given = {name: namespace[name] for name in FIELDS if name in namespace}
+    cfg = make_config(**given)
     use_threads(cfg.threads)  # the start of the work: the thread setting of every run after it
+    smaller = {k: v for k, v in cpu_sizes(cfg.preset, given.get("device")).items()
+               if given.get(k) is None}  # fmt: skip
+    if smaller:
+        sizes = ", ".join(f"{k} {v}" for k, v in smaller.items())
+        full = " ".join(f"-p {k} {PRESETS[cfg.preset][k]}" for k in smaller)
+        print(f"preset {cfg.preset!r} on a CPU: {sizes} (near a minute a notebook); "
+              f"for the full size run with {full}")  # fmt: skip
     return cfg
 
 

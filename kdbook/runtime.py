@@ -69,9 +69,11 @@ def make_optimizer(
 # --- threads ---------------------------------------------------------------------------
 
 # Forward FLOPs of one training step (batch x per-image FLOPs of the student and teachers)
-# under which a second intra-op thread gains nothing on a quiet CPU and costs several times
-# on a busy one (measured by ``kdbook bench --threads``): such runs get one thread.
-ONE_THREAD_FLOPS = 50_000_000
+# under which one intra-op thread is chosen: at these sizes a second thread gains little on
+# a quiet CPU and costs several times over next to a busy process (``kdbook bench
+# --thread-choice [--neighbour]`` measures it). The classroom's runs, the digits teacher's
+# included (3e8), are under it; a CIFAR ResNet-18 step (1e11) is far above.
+ONE_THREAD_FLOPS = 1_000_000_000
 THREADS_ENV = "KDBOOK_THREADS"  # the cores a process may use (``kdbook sweep --jobs`` sets it)
 _policy: int | str = "auto"
 _cores: int | None = None  # torch's own default, read when first needed (never on import)

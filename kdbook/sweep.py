@@ -8,6 +8,7 @@ sharded tables (:func:`merge_sweeps`).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -227,8 +228,13 @@ def _run_tasks(
 
     results = {}
     bar = tqdm(total=len(tasks), desc=f"sweep {name}", unit="point", disable=not progress)
-    # spawn: a fresh interpreter per worker, no state forked from the caller's threads
-    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=get_context("spawn")) as pool:
+    # spawn: a fresh interpreter per worker, no state forked from the caller's threads;
+    # the workers (and the kernels they start) divide the cores between them
+    workers = min(jobs, len(tasks))
+    share = (str(max(1, (os.cpu_count() or 1) // workers)),)
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_share_cores, initargs=share
+    ) as pool:
         futures = {pool.submit(_run_point, task): task["index"] for task in tasks}
         for future in as_completed(futures):
             result = future.result()
@@ -238,6 +244,14 @@ def _run_tasks(
             bar.update()
     bar.close()
     return results
+
+
+def _share_cores(threads: str) -> None:
+    """A sweep worker's cap on torch threads, read by :func:`kdbook.runtime.available_cores`
+    in the kernels it starts."""
+    from kdbook.runtime import THREADS_ENV
+
+    os.environ[THREADS_ENV] = threads
 
 
 def _write_table(

@@ -6,7 +6,15 @@ import dataclasses
 
 import pytest
 
-from kdbook.config import PRESETS, Config, check_dataset_spec, make_config, resolve_device
+from kdbook.config import (
+    PRESETS,
+    Config,
+    check_dataset_spec,
+    config_from,
+    cpu_sizes,
+    make_config,
+    resolve_device,
+)
 from kdbook.models import list_models
 
 
@@ -27,7 +35,8 @@ def test_given_values_override_preset():
 def test_imagefolder_preset_takes_the_given_path():
     cfg = make_config("imagefolder", dataset="imagefolder:data/xray")
     assert cfg.dataset == "imagefolder:data/xray"
-    assert cfg.num_epochs == PRESETS["imagefolder"]["num_epochs"]
+    sizes = PRESETS["imagefolder"] | cpu_sizes("imagefolder", None)  # CPU sizes on a CPU
+    assert cfg.num_epochs == sizes["num_epochs"]
 
 
 def test_imagefolder_preset_without_dataset_says_so():
@@ -211,3 +220,18 @@ def test_train_help_lists_the_declared_parameters():
     assert describe(("alpha",)) == [
         "alpha: float = 0.7  # weight of the soft (KD) term; 1 - alpha weights cross-entropy"
     ]
+
+
+def test_imagefolder_on_a_cpu_takes_cpu_sizes_and_says_how_to_ask_for_the_full_size(capsys):
+    from kdbook.config import CPU_SIZES, PRESETS
+
+    spec = "imagefolder:some/tree"
+    cfg = config_from({"preset": "imagefolder", "dataset": spec, "device": "cpu"})
+    for name, value in CPU_SIZES["imagefolder"].items():
+        assert getattr(cfg, name) == value
+    out = capsys.readouterr().out
+    assert "on a CPU" in out and f"-p image_size {PRESETS['imagefolder']['image_size']}" in out
+    # what is given is kept, and nothing shrinks on the classroom preset
+    cfg = config_from({"preset": "imagefolder", "dataset": spec, "device": "cpu", "image_size": 48})
+    assert cfg.image_size == 48 and "-p image_size" not in capsys.readouterr().out
+    assert make_config().image_size == PRESETS["classroom"]["image_size"]

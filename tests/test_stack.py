@@ -114,9 +114,7 @@ def test_what_cannot_be_stacked_says_why(digits, teacher):
     assert "list" in why_not_stacked(model, {"teacher": [teacher, teacher]})
     assert "dropout" in why_not_stacked(torch.nn.Sequential(torch.nn.Dropout(0.1)), {})
     with pytest.raises(NotStackable, match="architecture"):
-        fit_stacked(
-            [model, build_model("simple_resnet", digits)], digits, [{}, {}], progress=False
-        )
+        fit_stacked([model, build_model("simple_resnet", digits)], digits, [{}, {}], progress=False)
     with pytest.raises(NotStackable, match="checkpoint"):
         fit_stacked([model], digits, [{"checkpoint": "x.pt"}], progress=False)
 
