@@ -98,7 +98,7 @@ def fit_stacked(
     ``alpha``), ``shared`` the ones all runs share (``num_epochs``, ``lr``, ...). The
     models are trained in place. Each history records the run's epochs as fit's does; its
     ``seconds`` are the stack's epoch time divided by the number of runs. ``announce``:
-    print the plan and, after the first epoch, the time it will take.
+    print, after the second epoch, the time the stack will take.
 
     Raises:
         NotStackable: a run that cannot be stacked (:func:`why_not_stacked`), runs that do
@@ -122,8 +122,7 @@ def fit_stacked(
     stack = _Stack(loops)
     epochs = loops[0].history.settings["num_epochs"]
     bar = tqdm(range(1, epochs + 1), desc=desc or "train", disable=not progress)
-    if announce:
-        print(f"{len(loops)} runs side by side, {epochs} epochs on {stack.runtime.device}")
+    first = 0.0
     for epoch in bar:
         start_time = time.perf_counter()
         stack.train_epoch(epoch)
@@ -131,8 +130,10 @@ def fit_stacked(
         records = stack.evaluate(epoch, seconds)
         for loop, record in zip(loops, records, strict=True):
             loop.history.epochs.append(record)
-        if announce and epoch == 1 and epochs > 1:
-            print(f"first epoch {seconds:.1f} s: about {seconds * epochs:.0f} s for the stack")
+        first = first or seconds  # the first epoch also asks the teacher for its views
+        if announce and epoch == 2 and epochs > 2:
+            total = first + seconds * (epochs - 1)
+            print(f"first epochs {first:.1f} s, {seconds:.1f} s: about {total:.0f} s for the stack")
     stack.unstack()
     return [loop.history for loop in loops]
 

@@ -125,7 +125,7 @@ def test_compare_side_by_side_gives_the_same_accuracies(digits, teacher, capsys)
     together = compare("tiny_cnn", teacher, digits, seeds=seeds, **kw)
     plan = capsys.readouterr().out
     assert "4 runs side by side" in plan and "30 epochs each on cpu" in plan
-    assert "first epoch" in plan  # the time estimate after the first epoch
+    assert "first epochs" in plan and "for the stack" in plan  # the time, after epoch 2
     alone = compare("tiny_cnn", teacher, digits, seeds=seeds, stack=False, progress=False)
     assert together.per_seed.equals(alone.per_seed[together.per_seed.columns])
 
