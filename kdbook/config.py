@@ -153,7 +153,7 @@ PARAMS: tuple[Param, ...] = (
     Param("device", str, None, lambda v: isinstance(v, str) and bool(DEVICE_PATTERN.fullmatch(v)),
           "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
           "'cpu', 'cuda', 'auto'; None means the preset's", fit=True),
-    Param("run_dir", str, "../runs/lab", lambda v: isinstance(v, str) and bool(v),
+    Param("run_dir", str, "runs/lab", lambda v: isinstance(v, str) and bool(v),
           "a non-empty path", "folder shared by the notebooks of one run", train=False),
     Param("label_fraction", float, None, lambda v: _is_number(v) and 0 < v <= 1,
           "a number in (0, 1]", "share of training labels kept in the scarce-label setting",
