@@ -179,7 +179,8 @@ try:
 except ModuleNotFoundError:
     raise ModuleNotFoundError(
         f"kdbook is not installed in this kernel: run  %pip install kdbook=={book_version}  "
-        "(or the kdbook wheel your instructor shares) in a cell, then restart the kernel; "
+        f"(or  %pip install kdbook-{book_version}-py3-none-any.whl,  the wheel your "
+        "instructor shares) in a cell, then restart the kernel; "
         f"this notebook belongs to kdbook {book_version}"
     ) from None
 print(f"kdbook {kdbook.__version__} ({kdbook.__file__})")

@@ -180,3 +180,53 @@ def test_book_and_sweep_run_an_edited_copy_given_by_path(
 def test_run_book_defaults_to_the_installed_book(book_and_copy, tmp_path: Path) -> None:
     run_book(out=tmp_path / "run")
     assert read_json(tmp_path / "run" / "metrics" / "01_first.json")["source"] == "book"
+
+
+CORE_WIDGETS = {"@jupyter-widgets/base", "@jupyter-widgets/controls", "@jupyter-widgets/output"}
+
+
+def _widget_tree(widget) -> list:
+    """``widget``, its layout and style, and the same for its children, recursively."""
+    found = [widget]
+    for part in ("layout", "style"):
+        if getattr(widget, part, None) is not None:
+            found.append(getattr(widget, part))
+    for child in getattr(widget, "children", ()):
+        found += _widget_tree(child)
+    return found
+
+
+def test_the_sliders_are_core_ipywidgets_8_only() -> None:
+    """No custom front-end extension: what JupyterLab, Notebook 7 and VS Code render alike."""
+    import ipywidgets
+    import pandas as pd
+    import torch
+
+    from kdbook import widgets
+
+    assert int(ipywidgets.__version__.split(".")[0]) >= 8
+    g = torch.Generator().manual_seed(0)
+    teacher, student = 4 * torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
+    targets = torch.randint(0, 10, (8,), generator=g)
+    table = pd.DataFrame(
+        [
+            {"temperature": t, "alpha": a, "seed": s, "scratch_accuracy": 80.0 + s}
+            | {"kd_accuracy": 81.0 + s + t * a}
+            for t in (1.0, 4.0)
+            for a in (0.5, 0.9)
+            for s in range(2)
+        ]
+    )
+    classes = [str(i) for i in range(10)]
+    boxes = [
+        widgets.temperature_explorer(teacher[:2], classes, student_logits=student[:2]),
+        widgets.loss_explorer(student, teacher, targets),
+        widgets.sweep_explorer(table),
+    ]
+    for box in boxes:
+        for widget in _widget_tree(box):
+            assert widget._model_module in CORE_WIDGETS, type(widget).__name__
+            assert widget._view_module in CORE_WIDGETS | {None}, type(widget).__name__
+    book = "\n".join(p.read_text() for p in book_notebooks())
+    for extension in ("%matplotlib widget", "%matplotlib ipympl", "ipympl", "anywidget"):
+        assert extension not in book, f"a notebook needs {extension}, a front-end extension"
