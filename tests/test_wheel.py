@@ -41,8 +41,11 @@ class Installed:
     env: dict[str, str]
     timings: dict[str, float]
 
-    def run(self, *args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-        """Run a command of the venv (``kdbook``, ``python``, ``pytest``) from ``cwd``."""
+    def run(
+        self, *args: str, cwd: Path, timeout: float = 900, label: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run a command of the venv (``kdbook``, ``python``) from ``cwd``; its seconds are
+        kept in :attr:`timings` under ``label`` (default: the command's first words)."""
         t0 = time.monotonic()
         done = subprocess.run(
             [str(self.venv / "bin" / args[0]), *args[1:]],
@@ -52,7 +55,7 @@ class Installed:
             text=True,
             timeout=timeout,
         )
-        self.timings[" ".join(args[:2])] = round(time.monotonic() - t0, 1)
+        self.timings[label or " ".join(args[:3])] = round(time.monotonic() - t0, 1)
         assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n" + (
             done.stdout[-3000:] + done.stderr[-3000:]
         )
@@ -116,8 +119,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     installed = Installed(wheel, venv, scratch, _clean_env(scratch, venv), timings)
     pip = ("python", "-m", "pip", "install", "--quiet", "--progress-bar", "off")
-    installed.run(*pip, *_pinned_torch(), cwd=scratch, timeout=1200)
-    installed.run(*pip, str(wheel), cwd=scratch, timeout=1200)
+    installed.run(*pip, *_pinned_torch(), cwd=scratch, timeout=1200, label="pip install torch")
+    installed.run(*pip, str(wheel), cwd=scratch, timeout=1200, label="pip install wheel")
     return installed
 
 
@@ -152,7 +155,9 @@ def test_a_new_user_copies_runs_and_checks_the_book_without_the_repository(
         p.name for p in (ROOT / "notebooks").glob("*.ipynb")
     )
 
-    installed.run("kdbook", "book", "--only", NOTEBOOK, "--out", str(out), cwd=elsewhere)
+    installed.run(
+        "kdbook", "book", "--only", NOTEBOOK, "--out", str(out), cwd=elsewhere, label="book"
+    )
     executed = nbformat.read(str(out / f"{NOTEBOOK}.ipynb"), as_version=4)
     source = Path(executed.metadata["kdbook"]["source"]).resolve()
     assert source.is_relative_to(site), f"the book ran {source}, not the venv's notebook"
@@ -177,5 +182,6 @@ def test_a_new_user_copies_runs_and_checks_the_book_without_the_repository(
         "-q",
         str(out / f"{NOTEBOOK}.ipynb"),
         cwd=elsewhere,
+        label="nbval",
     )
     print(f"wheel test timings (s): {installed.timings}")
