@@ -4,7 +4,7 @@
 #   make lab    JupyterLab on notebooks/
 #   make bench  time the sources' training loop against kdbook's (ARGS=... for more options)
 #   make html   render a run folder as a static HTML book again (RUN=DIR; make book does it)
-#   make clean  remove runs/
+#   make clean  remove runs/ (and notebooks/runs/, where make lab's notebooks keep their run)
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -25,7 +25,7 @@ help:
 	@echo "make lab    open the notebooks in JupyterLab"
 	@echo "make bench  the sources' training loop against kdbook's: images/s, memory, ratio (-> runs/bench.json)"
 	@echo "make html   render a run folder as HTML again: make html RUN=runs/ci (-> RUN/html/)"
-	@echo "make clean  remove runs/"
+	@echo "make clean  remove runs/ and notebooks/runs/"
 
 venv: $(STAMP)
 
@@ -57,4 +57,4 @@ html: $(STAMP)
 	$(BIN)/kdbook html $(RUN)
 
 clean:
-	rm -rf runs/
+	rm -rf runs/ notebooks/runs/

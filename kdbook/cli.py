@@ -1,7 +1,7 @@
 """The ``kdbook`` command: run the book headless and inspect its parameters.
 
-Longer than kdbook's other modules (about 700 lines) because it holds the argparse
-declarations and examples of all eight subcommands (``_add_*``) and their thin handlers
+Longer than kdbook's other modules (about 800 lines) because it holds the argparse
+declarations and examples of all ten subcommands (``_add_*``) and their thin handlers
 (``_cmd_*``); the work itself lives in the modules they call.
 """
 
@@ -16,6 +16,8 @@ from typing import Any
 
 MAIN_EPILOG = """\
 examples:
+  kdbook notebooks mybook                       copy a fresh set of the notebooks into mybook/
+  kdbook lab mybook                             open JupyterLab on them
   kdbook book                                   run every notebook into runs/<timestamp>/
   kdbook book --out runs/ci                     ... into a folder of your choice
   kdbook book --only 04_loss -p temperature 2.0 --out runs/t2
@@ -36,6 +38,7 @@ examples:
   kdbook book --out runs/ci
   kdbook book --only 04_loss -p temperature 2.0 --out runs/t2
   kdbook book --only 02 03 -p preset cifar10 -p device cuda
+  kdbook book --only mybook/05_distillation.ipynb --out runs/mine   an edited copy
   kdbook book -p dataset imagefolder:data/chest_xray -p preset imagefolder
 
 Values of -p are read like papermill's: an integer, else a float, else True/False/None,
@@ -51,10 +54,13 @@ examples:
   kdbook sweep 05 --grid temperature=1,4 --shard 1/2 --out runs/sweep-1   (on machine 1)
   kdbook sweep 05 --grid temperature=1,4 --shard 2/2 --out runs/sweep-2   (on machine 2)
   kdbook sweep --merge runs/sweep-1 runs/sweep-2 --out runs/sweep.csv
+  kdbook sweep mybook/05_distillation.ipynb --grid temperature=1,4 --out runs/mine
 
-One papermill run per grid point, in worker processes. Each point gets its own run folder
-DIR/runs/<point>/ and leaves its executed notebook in DIR/points/<point>.ipynb; what it saved
-with save_metrics is gathered into DIR/sweep.csv (one row per point and seed or setting).
+NOTEBOOK is a name of the installed book (or a unique prefix) or a notebook file's path; a
+file outside the book (an edited copy) is the one that runs. One papermill run per grid
+point, in worker processes. Each point gets its own run folder DIR/runs/<point>/ and
+leaves its executed notebook in DIR/points/<point>.ipynb; what it saved with save_metrics
+is gathered into DIR/sweep.csv (one row per point and seed or setting).
 A failed point is reported and recorded as failed; the others go on. Rerunning the same
 command runs only the points that have no metrics yet. Exit status: 0 every point ok,
 1 a point failed, 2 bad input (nothing was run).
@@ -99,6 +105,30 @@ so rerunning the command resumes an interrupted run) and OUT.json the history an
 accuracy. -p takes the book's shared parameters (kdbook params). Exit status: 0 ok,
 2 bad input (nothing was trained).
 """
+
+NOTEBOOKS_EPILOG = """\
+examples:
+  kdbook notebooks mybook                       a fresh set for a student
+  kdbook notebooks mybook --force               ... replacing the notebooks you edited there
+
+Copies the notebooks of the installed kdbook, without outputs, into DIR (created when
+missing). A notebook already in DIR that you edited is kept, never overwritten, unless
+--force; one that is still the copy kdbook made is brought up to date. The notebooks' run
+folder (run_dir) is DIR/runs/lab. Exit status: 0 ok, 1 an edited notebook was kept, 2 bad
+input.
+"""
+
+LAB_EPILOG = """\
+examples:
+  kdbook lab                                    JupyterLab on ./kdbook-notebooks
+  kdbook lab mybook
+
+DIR gets a fresh set of the notebooks first when it has none (kdbook notebooks DIR).
+JupyterLab is this environment's; the sliders are core ipywidgets 8 widgets, so the
+notebooks also work in Jupyter Notebook 7 and in VS Code's notebook view.
+"""
+
+DEFAULT_LAB_DIR = "kdbook-notebooks"
 
 PARAMS_EPILOG = """\
 examples:
@@ -166,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdbook {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    _add_notebooks(sub, fmt)
+    _add_lab(sub, fmt)
     _add_book(sub, fmt)
     _add_params(sub, fmt)
     _add_doctor(sub, fmt)
@@ -175,6 +207,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub, fmt)
     _add_bench(sub, fmt)
     return parser
+
+
+def _add_notebooks(sub: Any, fmt: type) -> None:
+    """`kdbook notebooks`: a fresh copy of the book for a student."""
+    notebooks = sub.add_parser(
+        "notebooks",
+        help="copy a fresh, output-free set of the book's notebooks into a folder",
+        description="Copy the installed book's notebooks (no outputs) into DIR for a "
+        "student. An edited notebook already there is never overwritten without --force.",
+        epilog=NOTEBOOKS_EPILOG,
+        formatter_class=fmt,
+    )
+    notebooks.add_argument("folder", metavar="DIR", help="the folder to copy the notebooks into")
+    notebooks.add_argument(
+        "--force",
+        action="store_true",
+        help="replace notebooks you edited in DIR with fresh copies (your changes are lost)",
+    )
+
+
+def _add_lab(sub: Any, fmt: type) -> None:
+    """`kdbook lab`: JupyterLab on a copy of the book."""
+    lab = sub.add_parser(
+        "lab",
+        help="open JupyterLab on a folder of the book's notebooks (copied there if none)",
+        description="Open this environment's JupyterLab on DIR; a DIR without notebooks "
+        "first gets a fresh set of the book's (kdbook notebooks DIR).",
+        epilog=LAB_EPILOG,
+        formatter_class=fmt,
+    )
+    lab.add_argument(
+        "folder",
+        nargs="?",
+        default=DEFAULT_LAB_DIR,
+        metavar="DIR",
+        help=f"the book folder (default: {DEFAULT_LAB_DIR})",
+    )
 
 
 def _add_book(sub: Any, fmt: type) -> None:
@@ -192,7 +261,8 @@ def _add_book(sub: Any, fmt: type) -> None:
         "--only",
         nargs="+",
         metavar="NB",
-        help="run only these notebooks (name such as 04_loss, or a unique prefix such as 04)",
+        help="run only these notebooks: a name such as 04_loss, a unique prefix such as 04, "
+        "or a notebook file's path (one outside the book runs that file)",
     )
     _add_parameter_option(book, "set a notebook parameter; repeat for several")
     book.add_argument(
@@ -250,7 +320,12 @@ def _add_sweep(sub: Any, fmt: type) -> None:
         epilog=SWEEP_EPILOG,
         formatter_class=fmt,
     )
-    sweep.add_argument("notebook", nargs="?", metavar="NOTEBOOK", help="the notebook to sweep")
+    sweep.add_argument(
+        "notebook",
+        nargs="?",
+        metavar="NOTEBOOK",
+        help="the notebook to sweep: a name (or unique prefix) or a notebook file's path",
+    )
     sweep.add_argument(
         "--grid",
         action="append",
@@ -508,17 +583,37 @@ def _cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_params(args: argparse.Namespace) -> int:
-    from kdbook.runner import list_notebooks, notebook_parameters, resolve_notebooks
+def _cmd_notebooks(args: argparse.Namespace) -> int:
+    from kdbook.notebooks import copy_notebooks
 
-    names = resolve_notebooks([args.notebook] if args.notebook else None, list_notebooks())
-    if not names:
-        raise ValueError("no notebooks found")
-    for i, name in enumerate(names):
+    report = copy_notebooks(args.folder, force=args.force)
+    for line in report.lines():
+        print(line, file=sys.stderr if line.startswith("kept") else sys.stdout)
+    print(f"book folder: {_show(Path(args.folder))} (open it: kdbook lab {args.folder})")
+    return 1 if report.kept else 0
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from kdbook.notebooks import copy_notebooks, lab_command
+
+    folder = Path(args.folder)
+    if not (folder.is_dir() and any(folder.glob("*.ipynb"))):
+        report = copy_notebooks(folder)
+        print(f"copied the book into {_show(folder)}: {len(report.copied)} notebooks")
+    return subprocess.call(lab_command(folder))
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    from kdbook.runner import notebook_parameters, select_notebooks
+
+    sources = select_notebooks([args.notebook] if args.notebook else None)
+    for i, (name, source) in enumerate(sources.items()):
         if i:
             print()
         print(name)
-        declared = notebook_parameters(name)
+        declared = notebook_parameters(source)
         if not declared:
             print("  (no parameters cell)")
         for p in declared.values():
@@ -763,6 +858,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version and usage errors
         return exit_.code if isinstance(exit_.code, int) else 2
     command = {
+        "notebooks": _cmd_notebooks,
+        "lab": _cmd_lab,
         "book": _cmd_book,
         "params": _cmd_params,
         "sweep": _cmd_sweep,

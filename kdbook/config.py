@@ -163,7 +163,7 @@ PARAMS: tuple[Param, ...] = (
     Param("device", str, None, lambda v: isinstance(v, str) and bool(DEVICE_PATTERN.fullmatch(v)),
           "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
           "'cpu', 'cuda', 'auto'; None means the preset's", fit=True),
-    Param("run_dir", str, "../runs/lab", lambda v: isinstance(v, str) and bool(v),
+    Param("run_dir", str, "runs/lab", lambda v: isinstance(v, str) and bool(v),
           "a non-empty path", "folder shared by the notebooks of one run", train=False),
     Param("threads", str, "auto", lambda v: v == "auto" or (_is_int(v) and v >= 1),
           "'auto' or an integer >= 1",

@@ -36,11 +36,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent  # holds notebooks/ and da
 def resolve_path(path: str | os.PathLike) -> Path:
     """A user's path: as given if absolute or found from here, else under the project root.
 
-    Notebooks run with ``notebooks/`` as the current folder and the command line from
-    anywhere, so ``data/...`` means the project's ``data/`` folder in both.
+    In a clone, notebooks run with ``notebooks/`` as the current folder and the command line
+    from anywhere, so ``data/...`` means the project's ``data/`` folder in both. An
+    installed kdbook (a wheel) has no project folder: there the path is the current
+    folder's (the notebook's, in Jupyter).
     """
     path = Path(path).expanduser()
-    if path.is_absolute() or path.exists():
+    if path.is_absolute() or path.exists() or not (PROJECT_ROOT / "pyproject.toml").is_file():
         return path
     return PROJECT_ROOT / path
 

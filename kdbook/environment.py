@@ -1,4 +1,4 @@
-"""The environment check behind ``kdbook doctor``: versions, device, kernel, data sets.
+"""The environment check behind ``kdbook doctor``: versions, the book, device, kernel, data sets.
 
 :func:`environment_report` returns one :class:`EnvCheck` row per check, each with what to
 do about a problem; :func:`format_report` prints them as aligned columns.
@@ -180,13 +180,36 @@ def _data_checks(root: str = "data") -> list[EnvCheck]:
     return rows
 
 
+def _book_check() -> EnvCheck:
+    """Which kdbook this is and where its notebooks are (the wheel's, or a clone's)."""
+    from kdbook import __version__
+    from kdbook.notebooks import book_notebooks
+
+    try:
+        notebooks = book_notebooks()
+    except FileNotFoundError as exc:
+        return EnvCheck("kdbook book", FAIL, f"{__version__}, no notebooks", str(exc))
+    return EnvCheck(
+        "kdbook book",
+        OK,
+        f"{__version__}, {len(notebooks)} notebooks in {notebooks[0].parent}",
+        "",
+    )
+
+
 def environment_report(data_root: str = "data") -> list[EnvCheck]:
     """What ``kdbook doctor`` checks: versions, device, the notebook kernel, the data sets.
 
     Each row has a status (ok, warn, FAIL when something the book needs is broken, info)
     and what to do about it.
     """
-    return [*_package_checks(), *_device_checks(), _kernel_check(), *_data_checks(data_root)]
+    return [
+        *_package_checks(),
+        _book_check(),
+        *_device_checks(),
+        _kernel_check(),
+        *_data_checks(data_root),
+    ]
 
 
 def format_report(rows: Sequence[EnvCheck]) -> str:

@@ -101,7 +101,7 @@ def _versions() -> dict[str, str | None]:
         "python": platform.python_version(),
         "torch": version("torch"),
         "torchvision": version("torchvision"),
-        "kdbook": version("kdbook") or kdbook.__version__,
+        "kdbook": kdbook.__version__,
         "papermill": version("papermill"),
         "platform": platform.platform(),
     }

@@ -1,11 +1,12 @@
 """Running the book's notebooks with papermill into one run folder.
 
-This module owns the notebooks themselves (:data:`NOTEBOOK_DIR`, :func:`list_notebooks`,
-their parameters), checking parameters before any work, executing a notebook (one retry when
-its kernel fails to start), turning every failure, widget callbacks' included, into one
-:class:`BookError` line, and resuming a run folder where an earlier run stopped
-(:func:`run_book`). What the run leaves is written by :mod:`kdbook.report` and
-:mod:`kdbook.html`.
+This module owns the notebooks of a run (the installed book's, see
+:func:`kdbook.notebooks.book_dir`, or any notebook file given by its path:
+:func:`select_notebooks`) and their parameters, checking parameters before any work,
+executing a notebook (one retry when its kernel fails to start), turning every failure,
+widget callbacks' included, into one :class:`BookError` line, and resuming a run folder
+where an earlier run stopped (:func:`run_book`). What the run leaves is written by
+:mod:`kdbook.report` and :mod:`kdbook.html`.
 
 >>> run_dir = run_book(only=["04_loss"], params={"temperature": 2.0})  # doctest: +SKIP
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,9 +25,9 @@ from typing import Any
 
 from kdbook.html import render_html
 from kdbook.io import read_json
+from kdbook.notebooks import book_dir
 from kdbook.report import _jsonable, write_results
 
-NOTEBOOK_DIR: Path = Path(__file__).resolve().parent.parent / "notebooks"
 KERNEL_NAME = "python3"
 WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
 
@@ -62,19 +64,36 @@ class BookError(RuntimeError):
 # --------------------------------------------------------------------------- notebooks
 
 
+def __getattr__(name: str) -> Any:
+    """``NOTEBOOK_DIR``: the installed book's folder (:func:`kdbook.notebooks.book_dir`),
+    looked up when asked; a test may set the attribute to point the runner elsewhere."""
+    if name == "NOTEBOOK_DIR":
+        return book_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _notebook_dir(notebook_dir: str | Path | None) -> Path:
-    return Path(NOTEBOOK_DIR if notebook_dir is None else notebook_dir)
+    if notebook_dir is not None:
+        return Path(notebook_dir)
+    override = globals().get("NOTEBOOK_DIR")
+    return Path(override) if override is not None else book_dir()
 
 
 def list_notebooks(notebook_dir: str | Path | None = None) -> list[str]:
     """Return the notebook names (file stems such as ``"01_data"``) in ``notebook_dir``
-    (default :data:`NOTEBOOK_DIR`), sorted."""
+    (default: the installed book, :func:`kdbook.notebooks.book_dir`), sorted."""
     folder = _notebook_dir(notebook_dir)
     return sorted(p.stem for p in folder.glob("*.ipynb") if not p.name.startswith("."))
 
 
-def notebook_parameters(name: str, notebook_dir: str | Path | None = None) -> dict[str, dict]:
+def notebook_parameters(
+    name: str | Path, notebook_dir: str | Path | None = None
+) -> dict[str, dict]:
     """Return the parameters declared in a notebook's ``parameters`` cell.
+
+    Args:
+        name: a notebook name in ``notebook_dir`` (default: the installed book), or a Path
+            to a notebook file.
 
     Returns:
         ``{name: {"name", "inferred_type_name", "default", "help"}}`` as
@@ -82,7 +101,7 @@ def notebook_parameters(name: str, notebook_dir: str | Path | None = None) -> di
     """
     import papermill
 
-    path = _notebook_dir(notebook_dir) / f"{name}.ipynb"
+    path = name if isinstance(name, Path) else _notebook_dir(notebook_dir) / f"{name}.ipynb"
     return dict(papermill.inspect_notebook(str(path)))
 
 
@@ -109,8 +128,71 @@ def resolve_notebooks(only: Iterable[str] | None, known: Sequence[str]) -> list[
         elif matches:
             raise ValueError(f"notebook {raw!r} is ambiguous: it matches {', '.join(matches)}")
         else:
-            raise ValueError(f"unknown notebook {raw!r}; known notebooks: {', '.join(known)}")
+            raise ValueError(
+                f"unknown notebook {raw!r}; known notebooks: {', '.join(known)} "
+                "(or give a notebook file's path)"
+            )
     return [k for k in known if k in chosen]
+
+
+def _as_path(raw: str | Path) -> Path | None:
+    """``raw`` as a notebook file's path, or None when it is a name.
+
+    A path is what has a folder in it (``notebooks/05_distillation.ipynb``, what tab
+    completion gives) or names an existing ``.ipynb`` file (``05_distillation.ipynb`` in
+    the current folder: the student's copy).
+    """
+    text = str(raw)
+    if isinstance(raw, Path) or "/" in text or os.sep in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ValueError(f"notebook {text!r} is not a notebook file: no such file")
+        if path.suffix != ".ipynb":
+            raise ValueError(f"notebook {text!r} must be a .ipynb file")
+        return path
+    path = Path(text)
+    return path if path.suffix == ".ipynb" and path.is_file() else None
+
+
+def select_notebooks(
+    only: Iterable[str | Path] | None, notebook_dir: str | Path | None = None
+) -> dict[str, Path]:
+    """The notebooks a run executes: name -> source file, in book order (by name).
+
+    Each entry of ``only`` is a name of ``notebook_dir``'s (default: the installed book's;
+    stem, file name or unique prefix, see :func:`resolve_notebooks`) or a notebook file's
+    path. A path inside ``notebook_dir`` is that notebook; a path elsewhere (an edited copy)
+    runs that file, under its own name. ``None`` selects every notebook of ``notebook_dir``.
+
+    Raises:
+        ValueError: an unknown or ambiguous name, a missing file, or two files of one name.
+    """
+    folder = _notebook_dir(notebook_dir).resolve()
+    known = list_notebooks(folder)
+    if only is None:
+        if not known:
+            raise ValueError(f"no notebooks found in {folder}")
+        return {name: folder / f"{name}.ipynb" for name in known}
+    names: list[str] = []
+    files: dict[str, Path] = {}
+    for raw in only:
+        path = _as_path(raw)
+        if path is None:
+            names.append(str(raw))
+        elif path.resolve().parent == folder:
+            names.append(path.stem)
+        else:
+            other = files.setdefault(path.stem, path.resolve())
+            if other != path.resolve():
+                raise ValueError(f"notebooks {other} and {path} have one name: run one at a time")
+    chosen = {name: folder / f"{name}.ipynb" for name in resolve_notebooks(names, known)}
+    for name, path in files.items():
+        if name in chosen:
+            raise ValueError(
+                f"notebook {name} is given twice, as the book's and as {path}: choose one"
+            )
+        chosen[name] = path
+    return dict(sorted(chosen.items()))
 
 
 # --------------------------------------------------------------------------- errors
@@ -307,18 +389,34 @@ def _quiet_unconfigured_logging() -> Iterator[None]:
         logger.removeHandler(handler)
 
 
-def _execute(
-    source: Path, target: Path, parameters: dict[str, Any], notebook_dir: Path, timeout: int
-) -> None:
+def _stamp_version(target: Path, source: Path) -> None:
+    """Record in the executed notebook's metadata which kdbook ran it, from which file."""
+    import nbformat
+
+    from kdbook import __version__
+    from kdbook.io import write_text
+
+    if not target.is_file():
+        return
+    try:
+        nb = nbformat.read(str(target), as_version=4)
+    except Exception:  # noqa: BLE001 - an unreadable partial notebook stays as it is
+        return
+    nb.metadata["kdbook"] = {"version": __version__, "source": str(source)}
+    write_text(target, nbformat.writes(nb))
+
+
+def _execute(source: Path, target: Path, parameters: dict[str, Any], timeout: int) -> None:
+    """Run ``source`` into ``target`` with papermill, in the notebook's own folder."""
     import papermill
 
-    with _quiet_unconfigured_logging():
+    with _quiet_unconfigured_logging(), _stamped(target, source):
         papermill.execute_notebook(
             str(source),
             str(target),
             parameters=parameters,
             kernel_name=KERNEL_NAME,
-            cwd=str(notebook_dir),
+            cwd=str(source.parent),
             execution_timeout=timeout,
             progress_bar=False,
             log_output=False,
@@ -329,21 +427,31 @@ def _execute(
         )
 
 
+@contextlib.contextmanager
+def _stamped(target: Path, source: Path) -> Iterator[None]:
+    """Stamp the executed notebook with kdbook's version when papermill is done with it,
+    a partial (failed) one too."""
+    try:
+        yield
+    finally:
+        _stamp_version(target, source)
+
+
 def _execute_with_retry(
-    source: Path, target: Path, parameters: dict[str, Any], notebook_dir: Path, timeout: int
+    source: Path, target: Path, parameters: dict[str, Any], timeout: int
 ) -> None:
     """Execute once; retry once when the kernel failed to start (no cell ran)."""
     from papermill.exceptions import PapermillExecutionError
 
     try:
-        _execute(source, target, parameters, notebook_dir, timeout)
+        _execute(source, target, parameters, timeout)
     except PapermillExecutionError:
         raise
     except (RuntimeError, TimeoutError):
         if _execution_started(target):
             raise
         time.sleep(1.0)
-        _execute(source, target, parameters, notebook_dir, timeout)
+        _execute(source, target, parameters, timeout)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -393,15 +501,11 @@ def _absolute_dataset(params: dict[str, Any]) -> None:
 
 
 def _declared_parameters(
-    only: list[str] | None, params: dict[str, Any], notebook_dir: Path
+    sources: Mapping[str, Path], params: dict[str, Any]
 ) -> dict[str, dict[str, dict]]:
     """The selected notebooks (in book order) -> their declared parameters, once ``params``
     (made absolute where it names a folder) is checked against them."""
-    known = list_notebooks(notebook_dir)
-    if not known:
-        raise ValueError(f"no notebooks found in {notebook_dir}")
-    selected = resolve_notebooks(only, known)
-    declared = {name: notebook_parameters(name, notebook_dir) for name in selected}
+    declared = {name: notebook_parameters(path) for name, path in sources.items()}
     _absolute_dataset(params)
     _check_book_params(params, declared)
     return declared
@@ -438,8 +542,8 @@ def _finished_notebooks(run_dir: Path, params: Mapping[str, Any]) -> dict[str, d
 
 def _run_notebook(
     name: str,
+    source: Path,
     parameters: dict[str, Any],
-    notebook_dir: Path,
     run_dir: Path,
     timeout: int,
     state: dict[str, dict[str, Any]],
@@ -449,12 +553,12 @@ def _run_notebook(
     On a failure (widget callbacks' included) or an interruption, record it in ``state``
     and results.json, print the one-line report, and raise.
     """
-    source, target = notebook_dir / f"{name}.ipynb", run_dir / f"{name}.ipynb"
+    target = run_dir / f"{name}.ipynb"
     state[name] = {"status": "running"}
     t0 = time.perf_counter()
     failure: BookError | None = None
     try:
-        _execute_with_retry(source, target, parameters, notebook_dir, timeout)
+        _execute_with_retry(source, target, parameters, timeout)
     except KeyboardInterrupt:
         state[name] = {"status": "interrupted", "seconds": round(time.perf_counter() - t0, 1)}
         print("interrupted", flush=True)
@@ -476,7 +580,7 @@ def _run_notebook(
 
 def run_book(
     out: str | Path | None = None,
-    only: list[str] | None = None,
+    only: Sequence[str | Path] | None = None,
     params: dict[str, Any] | None = None,
     timeout: int = 900,
     notebook_dir: str | Path | None = None,
@@ -487,7 +591,7 @@ def run_book(
     Everything is validated before any output is created: the notebook names, that each
     parameter is declared by a selected notebook, and the values (``check_params``).
     Each notebook gets only the parameters it declares, plus ``run_dir`` (the absolute run
-    folder) when it declares one, and runs with ``notebooks/`` as its working directory.
+    folder) when it declares one, and runs with its own folder as its working directory.
     After each notebook, results.json and summary.md are rewritten.
 
     Run again into the same folder with the same parameters, it resumes: the leading
@@ -497,10 +601,12 @@ def run_book(
 
     Args:
         out: the run folder; default ``runs/<YYYYmmdd-HHMMSS>`` under the current directory.
-        only: notebook names to run (stem, file name or unique prefix); default all.
+        only: notebooks to run: names (stem, file name or unique prefix) or notebook files'
+            paths (one outside the book runs that file: an edited copy); default all.
         params: parameter overrides, e.g. ``{"temperature": 2.0, "preset": "cifar10"}``.
         timeout: seconds allowed per cell.
-        notebook_dir: where the notebooks are; default :data:`NOTEBOOK_DIR`.
+        notebook_dir: where the notebooks are; default the installed book
+            (:func:`kdbook.notebooks.book_dir`).
         rerun: run every selected notebook even where an earlier run finished it.
 
     Returns:
@@ -512,9 +618,9 @@ def run_book(
             notebooks were not run.
     """
     _check_timeout(timeout)
-    notebook_dir = _notebook_dir(notebook_dir).resolve()
     params = dict(params or {})
-    declared = _declared_parameters(only, params, notebook_dir)
+    sources = select_notebooks(only, notebook_dir)
+    declared = _declared_parameters(sources, params)
 
     if out is None:
         out = Path.cwd() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -530,7 +636,7 @@ def run_book(
         nb_params = {k: v for k, v in params.items() if k in declared[name]}
         if "run_dir" in declared[name]:
             nb_params["run_dir"] = str(run_dir)
-        source_hash = _file_hash(notebook_dir / f"{name}.ipynb")
+        source_hash = _file_hash(sources[name])
         target = run_dir / f"{name}.ipynb"
         earlier = finished_before.get(name)
         if earlier is not None and earlier.get("source") == source_hash and target.is_file():
@@ -540,7 +646,7 @@ def run_book(
         finished_before = {}  # from here on, everything runs again
         target.unlink(missing_ok=True)  # a copy from an earlier run in this folder is stale
         print(f"[{i}/{len(declared)}] {name} ... ", end="", flush=True)
-        seconds = _run_notebook(name, nb_params, notebook_dir, run_dir, timeout, state)
+        seconds = _run_notebook(name, sources[name], nb_params, run_dir, timeout, state)
         state[name] = {"status": "ok", "seconds": seconds, "source": source_hash}
         print(f"ok ({seconds:.1f} s)", flush=True)
         write_results(run_dir, status="running", notebooks=state, finished=None)

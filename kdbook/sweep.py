@@ -22,11 +22,9 @@ from kdbook.runner import (
     _check_timeout,
     _execute_with_retry,
     _failure,
-    _notebook_dir,
     _widget_failure,
-    list_notebooks,
     notebook_parameters,
-    resolve_notebooks,
+    select_notebooks,
 )
 
 SWEEP_TABLE = "sweep.csv"
@@ -101,7 +99,6 @@ def _run_point(task: dict[str, Any]) -> dict[str, Any]:
             Path(task["source"]),
             target,
             task["parameters"],
-            Path(task["notebook_dir"]),
             task["timeout"],
         )
         failure = _widget_failure(notebook, target, run_dir)
@@ -286,7 +283,7 @@ def _write_table(
 
 
 def run_sweep(
-    notebook: str,
+    notebook: str | Path,
     grid: Mapping[str, Sequence[Any]],
     out: str | Path,
     *,
@@ -311,7 +308,8 @@ def run_sweep(
     whose metrics are already there (same parameters) is not run again.
 
     Args:
-        notebook: a notebook name (or unique prefix) in ``notebook_dir``.
+        notebook: a notebook name (or unique prefix) in ``notebook_dir``, or a notebook
+            file's path (one outside the book runs that file: an edited copy).
         grid: parameter -> values, e.g. ``{"temperature": [1, 2, 4, 8], "alpha": [0.5, 0.9]}``.
         out: the sweep folder.
         seeds: passed as ``num_seeds`` (the notebook must declare it).
@@ -321,7 +319,8 @@ def run_sweep(
         timeout: seconds allowed per cell.
         reuse_from: a run folder whose checkpoints (``*.pt``, e.g. the teacher) are copied
             into each point's run folder, so that no point retrains them.
-        notebook_dir: where the notebooks are; default :data:`kdbook.runner.NOTEBOOK_DIR`.
+        notebook_dir: where the notebooks are; default the installed book
+            (:func:`kdbook.notebooks.book_dir`).
         progress: show a progress bar.
 
     Returns:
@@ -332,9 +331,8 @@ def run_sweep(
         ValueError: a bad notebook, parameter name or value, grid, shard or jobs (nothing
             was run).
     """
-    notebook_dir = _notebook_dir(notebook_dir).resolve()
-    (name,) = resolve_notebooks([notebook], list_notebooks(notebook_dir))
-    declared = notebook_parameters(name, notebook_dir)
+    ((name, source),) = select_notebooks([notebook], notebook_dir).items()
+    declared = notebook_parameters(source)
     params = dict(params or {})
     _check_sweep(name, declared, grid, params, seeds, jobs, timeout, shard, reuse_from)
     points, names, indices = _grid_plan(name, declared, grid, params, shard)
@@ -347,16 +345,7 @@ def run_sweep(
             results[index] = {"status": "ok", "error": None, "skipped": True}
             continue
         task = _prepare_point(out, names[index], name, point, declared, reuse_from)
-        source = str(notebook_dir / f"{name}.ipynb")
-        tasks.append(
-            {
-                **task,
-                "index": index,
-                "source": source,
-                "notebook_dir": str(notebook_dir),
-                "timeout": timeout,
-            }
-        )
+        tasks.append({**task, "index": index, "source": str(source), "timeout": timeout})
     if tasks:
         results.update(_run_tasks(tasks, jobs, name, out, progress))
     return _write_table(out, name, indices, names, points, params, results)

@@ -1,9 +1,11 @@
 """The sliders work in a real browser: JupyterLab from .venv, Debian's chromium, Playwright.
 
-The test copies ``notebooks/04_loss.ipynb`` into a temporary folder laid out like the repo
-(``notebooks/`` beside ``runs/``, so the notebook's default ``run_dir = "../runs/lab"`` lands
-in the temporary folder), starts JupyterLab on it, runs every cell from the Run menu, moves
-the temperature explorer's T slider with the keyboard and checks that the plot was redrawn.
+The test copies the book out as a student does, with ``kdbook notebooks DIR`` into a
+temporary folder (so the notebook's default ``run_dir = "runs/lab"`` lands there), starts
+JupyterLab on it, opens ``04_loss.ipynb``, runs every cell from the Run menu, moves the
+temperature explorer's T slider with the keyboard and checks that the plot was redrawn.
+``KDBOOK_BROWSER_PYTHON=/path/to/venv/bin/python`` runs ``kdbook notebooks`` and JupyterLab
+from another environment (a venv with the wheel installed, say) instead of this one.
 
 Chromium comes from Debian (``apt-get install chromium``; ``.ci/run`` installs it), never from
 ``playwright install``. Without chromium the test is skipped on a workstation and fails in
@@ -16,7 +18,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,8 +31,7 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = ROOT / "notebooks" / "04_loss.ipynb"
+NOTEBOOK = "04_loss.ipynb"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless",
@@ -86,15 +86,15 @@ def _get(url: str, timeout: float = 5.0) -> bytes:
         return response.read()
 
 
-@contextlib.contextmanager
-def jupyterlab(root: Path, scratch: Path) -> Iterator[str]:
-    """Start JupyterLab from this interpreter's environment on ``root``; yield its base URL.
+def _python() -> str:
+    """The interpreter whose kdbook and JupyterLab the test uses (KDBOOK_BROWSER_PYTHON)."""
+    return os.environ.get("KDBOOK_BROWSER_PYTHON") or sys.executable
 
-    A fresh config folder and workspaces folder per run (a reused workspace left cells
-    unexecuted in TOOLING.md's trials); stopped, kernels included, on the way out.
-    """
-    port = _free_port()
+
+def _env(scratch: Path) -> dict[str, str]:
     env = dict(os.environ)
+    if os.environ.get("KDBOOK_BROWSER_PYTHON"):
+        env.pop("PYTHONPATH", None)  # that environment's kdbook, not a source tree's
     env.update(
         JUPYTER_CONFIG_DIR=str(scratch / "config"),
         JUPYTER_DATA_DIR=str(scratch / "data"),  # no user-level kernelspec shadows .venv's
@@ -103,8 +103,21 @@ def jupyterlab(root: Path, scratch: Path) -> Iterator[str]:
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
     )
+    return env
+
+
+@contextlib.contextmanager
+def jupyterlab(root: Path, scratch: Path) -> Iterator[str]:
+    """Start JupyterLab from the test's environment (:func:`_python`) on ``root``; yield its
+    base URL.
+
+    A fresh config folder and workspaces folder per run (a reused workspace left cells
+    unexecuted in TOOLING.md's trials); stopped, kernels included, on the way out.
+    """
+    port = _free_port()
+    env = _env(scratch)
     cmd = [
-        sys.executable,
+        _python(),
         "-m",
         "jupyterlab",
         "--no-browser",
@@ -175,8 +188,16 @@ def test_moving_the_temperature_slider_redraws_the_plot(chromium: str, tmp_path:
     from playwright.sync_api import expect, sync_playwright
 
     root = tmp_path / "book"
-    (root / "notebooks").mkdir(parents=True)
-    shutil.copy(NOTEBOOK, root / "notebooks" / NOTEBOOK.name)
+    copied = subprocess.run(  # as a student gets the book: kdbook notebooks DIR
+        [_python(), "-m", "kdbook", "notebooks", str(root)],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert copied.returncode == 0, copied.stdout + copied.stderr
+    assert (root / NOTEBOOK).is_file()
     shots = Path(os.environ.get("KDBOOK_BROWSER_SHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -192,7 +213,7 @@ def test_moving_the_temperature_slider_redraws_the_plot(chromium: str, tmp_path:
         page = browser.new_page()
         page.set_default_timeout(60_000)
         try:
-            page.goto(f"{base}/lab/tree/notebooks/{NOTEBOOK.name}?token={TOKEN}")
+            page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={TOKEN}")
             # the kernel's status in the status bar; the toolbar's indicator says idle too early
             kernel_idle = page.get_by_text(re.compile(r"\| Idle$")).first
             kernel_idle.wait_for(timeout=90_000)
@@ -242,7 +263,7 @@ def test_moving_the_temperature_slider_redraws_the_plot(chromium: str, tmp_path:
             raise
         finally:
             browser.close()
-    assert (root / "runs" / "lab").is_dir(), "the notebook's run_dir is the temporary folder"
+    assert (root / "runs" / "lab").is_dir(), "the notebook's run_dir is beside the notebook"
 
 
 PROMPTS_JS = "[...document.querySelectorAll('.jp-InputArea-prompt')].map(p => p.textContent)"

@@ -12,6 +12,7 @@ def test_doctor_prints_the_table_and_exits_0(capsys):
     out = capsys.readouterr().out
     for name in ("python", "torch", "device", "kernel python3", "data digits", "what to do"):
         assert name in out, out
+    assert "kdbook book" in out and "notebooks in " in out
 
 
 def test_doctor_exits_1_when_something_required_is_broken(capsys, monkeypatch):

@@ -8,14 +8,19 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
+import subprocess
+import sys
 
 import nbformat
 import papermill
 import pytest
 
+import kdbook
 from kdbook.config import Config, config_from
-from kdbook.runner import NOTEBOOK_DIR, list_notebooks
+from kdbook.notebooks import IMPORT_CHECK_ID, book_dir, import_check_source
+from kdbook.runner import list_notebooks
 
+NOTEBOOK_DIR = book_dir()
 NOTEBOOKS = list_notebooks()
 SHARED = {f.name for f in dataclasses.fields(Config)}
 
@@ -60,6 +65,46 @@ def test_parameters_cell_comes_first_and_papermill_parses_every_line(name: str) 
         assert p["help"], f"parameter {p['name']} has no comment"
         assert p["inferred_type_name"] != "None", f"parameter {p['name']} has no type"
     assert {"preset", "seed", "run_dir"} <= declared.keys()
+    assert ast.literal_eval(declared["run_dir"]["default"]) == "runs/lab", (
+        "run_dir defaults to runs/lab beside the notebook, wherever the book was copied"
+    )
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_cell_after_the_parameters_checks_that_kdbook_imports(name: str) -> None:
+    """One generated cell, the same in every notebook: restamp them all after a version
+    change with ``python -c "import glob; from kdbook.notebooks import stamp_import_check;
+    [stamp_import_check(p) for p in glob.glob('notebooks/*.ipynb')]"``."""
+    nb = read(name)
+    index = nb.cells.index(parameters_cell(nb))
+    cell = nb.cells[index + 1]
+    assert cell.get("id") == IMPORT_CHECK_ID, "the cell after the parameters cell"
+    assert cell.source == import_check_source(kdbook.__version__), (
+        f"{name}'s import check is not the one kdbook.notebooks.import_check_source generates "
+        f"for version {kdbook.__version__}: restamp it (see this test's docstring)"
+    )
+
+
+def test_the_import_check_says_how_to_install_without_installing(tmp_path) -> None:
+    """Where kdbook does not import, the cell stops with one line: the %pip command and
+    the book's version; it never installs anything itself."""
+    source = import_check_source("9.8.7")
+    assert "pip" not in source.replace("%pip install", "")  # only the advice, never a call
+    code = "import sys\nsys.modules['kdbook'] = None\n" + source
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: kdbook is not installed in this kernel")
+    assert "%pip install kdbook==9.8.7" in last and last.endswith("belongs to kdbook 9.8.7")
+    assert "Traceback" in run.stderr and "During handling" not in run.stderr
+    ok = subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert ok.returncode == 0
+    assert ok.stdout.startswith(f"kdbook {kdbook.__version__} (")
+    assert "note: this notebook belongs to kdbook 9.8.7" in ok.stdout
 
 
 def test_shared_parameters_have_one_type_everywhere() -> None:
