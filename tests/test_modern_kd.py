@@ -329,3 +329,26 @@ def test_each_dkd_bug_is_named(fn, words):
 def test_an_unknown_convention_is_refused():
     with pytest.raises(ValueError, match="convention must be 'hinton' or 'dkd', got 'DKD'"):
         check_kd_loss(kd_loss, convention="DKD")
+
+
+# -- the omitted-class experiment's pieces --------------------------------------------------
+
+
+def test_without_class_drops_it_from_training_only(digits):
+    no3 = digits.without_class(3)
+    assert (no3.train.labels != 3).all() and len(no3.train) == int((digits.train.labels != 3).sum())
+    assert torch.equal(no3.test.labels, digits.test.labels) and (no3.val.labels == 3).any()
+    with pytest.raises(ValueError, match=r"cls must be a class index in \[0, 10\), got 10"):
+        digits.without_class(10)
+
+
+def test_the_class_bias_is_chosen_for_accuracy_and_the_smallest_on_ties():
+    from kdbook.evaluate import best_class_bias, with_class_bias
+
+    logits = torch.tensor([[2.0, 0.0], [2.0, 1.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 1, 1])
+    assert best_class_bias(logits, labels, 1, [0.0, 1.5, 5.0]) == 1.5
+    assert best_class_bias(logits, torch.tensor([0, 0, 1]), 1, [-1.0, 0.0, 1.0]) == 0.0
+    torch.testing.assert_close(with_class_bias(logits, 1, 2.0)[:, 1], torch.tensor([2.0, 3, 5]))
+    with pytest.raises(ValueError, match=r"cls must be a class index in \[0, 2\), got 2"):
+        with_class_bias(logits, 2, 1.0)
