@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -352,3 +353,24 @@ def test_the_class_bias_is_chosen_for_accuracy_and_the_smallest_on_ties():
     torch.testing.assert_close(with_class_bias(logits, 1, 2.0)[:, 1], torch.tensor([2.0, 3, 5]))
     with pytest.raises(ValueError, match=r"cls must be a class index in \[0, 2\), got 2"):
         with_class_bias(logits, 2, 1.0)
+
+
+def test_scatter_panels_draws_one_labelled_panel_per_measure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from kdbook.plots import scatter_panels
+
+    frame = pd.DataFrame(
+        {"run": ["a", "a", "b", "alone"], "agreement (%)": [90, 91, 95, 80],
+         "KL": [0.2, 0.1, 0.05, 0.4], "test accuracy (%)": [88, 89, 87, 85]}
+    )  # fmt: skip
+    x = {"agreement (%)": "agreement (%)", "KL": "KL (nats)"}
+    fig = scatter_panels(
+        frame, x=x, y="test accuracy (%)", hue="run", title="fidelity", muted=["alone"]
+    )
+    assert fig._suptitle.get_text() == "fidelity" and len(fig.axes) == 2
+    assert [ax.get_xlabel() for ax in fig.axes] == ["agreement (%)", "KL (nats)"]
+    assert all(ax.get_ylabel() == "test accuracy (%)" for ax in fig.axes)
+    labels = fig.axes[-1].get_legend_handles_labels()[1]
+    assert labels == ["a", "b", "alone"]
