@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny
+from helpers import random_batch, tiny
 
 from kdbook.data import UNLABELED
 from kdbook.distill import DKD, Distiller, IndependentViews, LogitKD, Mixup, list_terms
@@ -31,14 +31,6 @@ from kdbook.runtime import Runtime
 from kdbook.train import fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def random_batch(n=6, c=5, seed=0, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
-    student = scale * torch.randn(n, c, generator=g)
-    teacher = scale * torch.randn(n, c, generator=g)
-    targets = torch.randint(0, c, (n,), generator=g)
-    return student, teacher, targets
 
 
 def softmax64(row, t):
