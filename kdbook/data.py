@@ -191,6 +191,16 @@ class Dataset:
             labels[hidden] = UNLABELED
         return replace(self, train=Split(self.train.images, labels))
 
+    def without_class(self, cls: int) -> Dataset:
+        """The training split without any image of class ``cls`` (validation and test keep it).
+
+        Hinton et al.'s omitted-class experiment (2015, §3): a student distilled on this
+        never sees the class, labelled or not; what it knows of it came from the teacher.
+        """
+        if not (isinstance(cls, int) and 0 <= cls < self.num_classes):
+            raise ValueError(f"cls must be a class index in [0, {self.num_classes}), got {cls!r}")
+        return replace(self, train=self.train.subset(self.train.labels != cls))
+
     def summary(self) -> dict[str, object]:
         """Sizes, shape and class count as a dict (for tables and results.json)."""
         return {

@@ -39,9 +39,18 @@ from tqdm.auto import tqdm
 
 from kdbook.checkpoint import tensor_digest
 from kdbook.config import check_params, default, resolve_device
-from kdbook.data import Augment, Dataset
+from kdbook.data import UNLABELED, Augment, Dataset
 from kdbook.io import atomic_write
-from kdbook.losses import ensemble_logits, kd_loss, soft_kd_term
+from kdbook.losses import (
+    DKD_BETA,
+    DKD_WARMUP,
+    _check_beta,
+    dkd_loss,
+    dkd_warmup_weight,
+    ensemble_logits,
+    kd_loss,
+    soft_kd_term,
+)
 from kdbook.models import check_model_fits
 from kdbook.runtime import Runtime, autocast, resolve_precision
 from kdbook.schedules import value_at
@@ -113,6 +122,9 @@ class Term(nn.Module):
     name: ClassVar[str] = "term"
     needs_teacher: ClassVar[bool] = True
     needs_features: ClassVar[bool] = False  # the student's and teacher's features
+    # the whole logit loss, cross-entropy included: given in ``terms``, it takes the place
+    # of the Distiller's own LogitKD (DKD, or a LogitKD of other settings)
+    replaces_logit_kd: ClassVar[bool] = False
 
     def settings(self) -> dict[str, Any]:
         """What this term records in the history (and what a resumed run must match)."""
@@ -144,27 +156,84 @@ class CrossEntropy(Term):
         return F.cross_entropy(out.logits, out.targets), {}
 
 
+def _kl_log(out: Outputs, t: float) -> float:
+    """The KL at T without the T^2 factor: how far the student is from its teacher."""
+    return soft_kd_term(out.logits.detach(), out.teacher_logits, t).item() / t**2
+
+
 @register_term("logit_kd")
 class LogitKD(Term):
-    """Hinton's loss :func:`kdbook.losses.kd_loss` at T and alpha (numbers or schedules)."""
+    """Hinton's loss :func:`kdbook.losses.kd_loss` at T and alpha (numbers or schedules).
 
-    def __init__(self, temperature: Schedulable, alpha: Schedulable) -> None:
+    The Distiller builds one from its ``temperature`` and ``alpha``. Given in ``terms``, a
+    LogitKD replaces that one: ``terms=[LogitKD(4.0, 0.7, standardize=True)]`` is logit
+    standardisation (Sun et al. 2024, :func:`kdbook.losses.standardize_logits`).
+    """
+
+    replaces_logit_kd = True
+
+    def __init__(
+        self, temperature: Schedulable, alpha: Schedulable, *, standardize: bool = False
+    ) -> None:
         super().__init__()
-        self.temperature, self.alpha = temperature, alpha
+        for name, value in (("temperature", temperature), ("alpha", alpha)):
+            check_schedule(name, value, lambda v, n=name: check_params({n: v}))
+        if not isinstance(standardize, bool):
+            raise ValueError(f"standardize must be True or False, got {standardize!r}")
+        self.temperature, self.alpha, self.standardize = temperature, alpha, standardize
 
     def settings(self) -> dict[str, Any]:
-        return {"temperature": setting(self.temperature), "alpha": setting(self.alpha)}
+        recorded = {"temperature": setting(self.temperature), "alpha": setting(self.alpha)}
+        return recorded | ({"standardize": True} if self.standardize else {})
 
     def scheduled(self) -> dict[str, Schedulable]:
         values = {"temperature": self.temperature, "alpha": self.alpha}
         return {k: v for k, v in values.items() if callable(v)}
 
     def forward(self, out: Outputs, progress: float):
-        t, a = out.temperature, value_at(self.alpha, progress)
-        loss = kd_loss(out.logits, out.teacher_logits, out.targets, t, a)
-        # the KL at T without the T^2 factor: how far the student is from its teacher
-        kl = soft_kd_term(out.logits.detach(), out.teacher_logits, t).item() / t**2
-        return loss, {"kl": kl}
+        t, a = value_at(self.temperature, progress), value_at(self.alpha, progress)
+        loss = kd_loss(
+            out.logits, out.teacher_logits, out.targets, t, a, standardize=self.standardize
+        )
+        return loss, {"kl": _kl_log(out, t)}
+
+
+@register_term("dkd")
+class DKD(Term):
+    """Decoupled KD (Zhao et al., CVPR 2022) as the paper trains it, cross-entropy included:
+
+    ``loss = CE(s, y) + min(progress / warmup, 1) * (TCKD + beta * NCKD)`` at T
+
+    (:func:`kdbook.losses.dkd_objective`). It replaces the Distiller's LogitKD:
+    ``fit(student, data, teacher=t, terms=[DKD()])``. The paper's defaults: T 4, beta 8,
+    warm-up over the first 20 of 240 epochs. Every training sample needs its label.
+    """
+
+    replaces_logit_kd = True
+
+    def __init__(
+        self, temperature: float = 4.0, beta: float = DKD_BETA, warmup: float = DKD_WARMUP
+    ) -> None:
+        super().__init__()
+        check_params({"temperature": temperature})
+        _check_beta(beta)
+        dkd_warmup_weight(0.0, warmup)  # checks warmup
+        self.temperature, self.beta, self.warmup = temperature, beta, warmup
+
+    def check(self, model: nn.Module, teachers: list[nn.Module], data: Dataset, device) -> None:
+        hidden = int((data.train.labels == UNLABELED).sum())
+        if hidden:
+            raise ValueError(
+                f"loss term 'dkd' needs every training label (TCKD and NCKD split the classes "
+                f"on the label), got {hidden} unlabelled training images"
+            )
+
+    def forward(self, out: Outputs, progress: float):
+        t = self.temperature
+        dkd = dkd_loss(out.logits, out.teacher_logits, out.targets, t, self.beta)
+        weight = dkd_warmup_weight(progress, self.warmup)
+        loss = F.cross_entropy(out.logits, out.targets) + weight * dkd
+        return loss, {"kl": _kl_log(out, t), "dkd": dkd.item()}
 
 
 @register_term("feature_kd")
@@ -449,6 +518,85 @@ class _Source:
         return ensemble_logits(outputs, temperature, self.weights), None
 
 
+# --- what the teacher and the student see of a batch ------------------------------------
+
+
+class View:
+    """What the student and the teacher see of the loader's batch ``x`` (normalised images).
+
+    Without a view both see ``x``, the same augmented images: Beyer et al.'s "consistent"
+    teaching. A view returns ``(student's images, teacher's images)``; it draws its random
+    numbers from the Distiller's generator (seeded per run and rank, resumed with it).
+    """
+
+    def setup(self, data: Dataset, device: torch.device) -> None:
+        """Before the first batch: what the view needs of the data set, on the device."""
+
+    def check(self, distiller: Distiller) -> None:
+        """Raise ValueError when this view cannot be used with the distiller's loss."""
+
+    def __call__(
+        self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+class IndependentViews(View):
+    """The teacher sees its own random view of each image, drawn apart from the student's.
+
+    Beyer et al.'s "independent noise": each training image is augmented twice with the
+    data set's augmentation (``data.augment``), once for the student (the loader's batch)
+    and once, independently, for the teacher. Compare with ``teacher_augment``, which
+    augments the student's view further.
+    """
+
+    def setup(self, data: Dataset, device: torch.device) -> None:
+        self._images = data.train.images.to(device)
+        self._augment, self._normalize = data.augment, data.normalize
+
+    def __call__(self, x, idx, generator):
+        fresh = self._augment(self._images[idx.to(self._images.device)], generator)
+        return x, self._normalize(fresh)
+
+
+class Mixup(View):
+    """Mixup of the batch (Zhang et al. 2018), the same mixed images for teacher and student.
+
+    ``x' = lam * x + (1 - lam) * x[perm]`` with one ``lam ~ Beta(concentration,
+    concentration)`` per batch and a random pairing ``perm``: Beyer et al.'s "function
+    matching" shows the teacher images that are between the training images. The labels
+    are not mixed, so the loss must not use them: it needs alpha = 1 (the teacher's
+    targets only, as in the paper).
+    """
+
+    def __init__(self, concentration: float = 1.0) -> None:
+        if not (isinstance(concentration, int | float) and concentration > 0):
+            raise ValueError(f"concentration must be a number > 0, got {concentration!r}")
+        self.concentration = float(concentration)
+
+    def check(self, distiller: Distiller) -> None:
+        first = distiller.terms[0]
+        alpha = first.alpha if isinstance(first, LogitKD) else None
+        if callable(alpha) or alpha != 1:
+            raise ValueError(
+                "view=Mixup(...) mixes the images, not the labels: it needs the logit KD term "
+                f"with alpha=1 (the teacher's targets only), got {alpha!r}"
+            )
+
+    def __call__(self, x, idx, generator):
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):  # Beta draws from the global RNG: keep it
+            torch.manual_seed(seed)
+            lam = float(torch.distributions.Beta(self.concentration, self.concentration).sample())
+        perm = torch.randperm(len(x), generator=generator).to(x.device)
+        mixed = lam * x + (1 - lam) * x[perm]
+        return mixed, mixed
+
+
 # --- the distiller -----------------------------------------------------------------------
 
 
@@ -463,7 +611,12 @@ class Distiller:
         feature_loss, feature_weight: a feature term (:class:`FeatureKD`) and its weight.
         teacher_augment: a stronger view for the teacher: the student's view augmented
             further (source 5's split views), from a generator seeded per rank.
-        terms: more :class:`Term` objects, added to the loss.
+        terms: more :class:`Term` objects, added to the loss. One whose class sets
+            ``replaces_logit_kd`` (:class:`DKD`, a :class:`LogitKD` of its own settings) is
+            the whole logit loss and takes the place of the LogitKD built from
+            ``temperature`` and ``alpha`` (an ensemble still mixes at ``temperature``).
+        view: what teacher and student see of a batch (:class:`View`): None for the same
+            images, :class:`IndependentViews`, :class:`Mixup`.
     """
 
     def __init__(
@@ -477,6 +630,7 @@ class Distiller:
         feature_weight: Schedulable = 0.0,
         teacher_augment: Augment | None = None,
         terms: Sequence[Term] = (),
+        view: View | None = None,
     ) -> None:
         cache = teacher if isinstance(teacher, LogitCache) else None
         teachers = [] if cache is not None else _as_teachers(teacher)
@@ -515,13 +669,24 @@ class Distiller:
                 )
         self.temperature = temperature
         self.source = _Source(teachers, cache, weights, teacher_augment)
-        first: Term = LogitKD(temperature, alpha) if self.distilling else CrossEntropy()
+        replaced = [t for t in terms if t.replaces_logit_kd]
+        if len(replaced) > 1:
+            names = [t.name for t in replaced]
+            raise ValueError(f"terms may hold one logit loss (dkd, logit_kd), got {names}")
+        own = self.distilling and not replaced
+        first: list[Term] = [LogitKD(temperature, alpha)] if own else []
+        first = first if self.distilling else [CrossEntropy()]
         features = [FeatureKD(feature_loss, feature_weight)] if feature_loss is not None else []
-        self.terms: list[Term] = [first, *features, *terms]
+        self.terms: list[Term] = [
+            *first,
+            *replaced,
+            *features,
+            *(t for t in terms if t not in replaced),
+        ]
         self._settings = {
             "teacher": self._teacher_name(),
-            "temperature": setting(temperature) if self.distilling else None,
-            "alpha": setting(alpha) if self.distilling else None,
+            "temperature": setting(temperature) if own else None,
+            "alpha": setting(alpha) if own else None,
             "teacher_weights": weights,
             "feature_loss": setting(feature_loss),
             "feature_weight": setting(feature_weight) if feature_loss is not None else None,
@@ -529,6 +694,20 @@ class Distiller:
         }
         for term in terms:
             self._settings |= term.settings()
+        self.view = self._check_view(view, cache)
+        if view is not None:
+            self._settings["view"] = repr(view)
+
+    def _check_view(self, view: View | None, cache: LogitCache | None) -> View | None:
+        if view is None:
+            return None
+        if not isinstance(view, View):
+            raise TypeError(f"view must be a kdbook.distill.View or None, got {view!r}")
+        if not self.distilling or cache is not None:
+            got = "a logit cache" if cache is not None else "teacher=None"
+            raise ValueError(f"view={view!r} needs a teacher model, got {got}")
+        view.check(self)
+        return view
 
     def _teacher_name(self) -> str | list[str] | None:
         if self.source.cache is not None:
@@ -581,6 +760,8 @@ class Distiller:
         zeros = torch.zeros(1, data.in_channels, 1, 1, dtype=torch.uint8, device=dev)
         source.black = data.normalize(zeros)
         source.logits = None if source.cache is None else source.cache.logits.to(dev)
+        if self.view is not None:
+            self.view.setup(data, dev)
         return _Student(model, self.terms).to(dev)
 
     def start_epoch(self, epoch: int, loader) -> None:
@@ -594,7 +775,10 @@ class Distiller:
         """One chunk: ``(loss, student logits, logs)``; ``student`` from :meth:`student`."""
         t = value_at(self.temperature, progress)
         features = any(term.needs_features for term in self.terms)
-        teacher_logits, teacher_features = self.source.teach(x, idx, t, features)
+        x_teacher = x
+        if self.view is not None:
+            x, x_teacher = self.view(x, idx, self.source.views)
+        teacher_logits, teacher_features = self.source.teach(x_teacher, idx, t, features)
         return student(x, y, teacher_logits, teacher_features, t, progress)
 
     def rng_state(self) -> dict[str, torch.Tensor]:

@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kdbook.losses import kd_loss, soft_kd_term
+from kdbook.losses import (
+    DKD_BETA,
+    DKD_WARMUP,
+    dkd_loss,
+    dkd_objective,
+    dkd_terms,
+    dkd_warmup_weight,
+    kd_loss,
+    soft_kd_term,
+)
 
 KDLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 
@@ -233,8 +242,19 @@ def _invariance_problems(
     return problems
 
 
-def check_kd_loss(fn: KDLossFn, *, temperature: float = 4.0) -> Diagnosis:
+def check_kd_loss(
+    fn: KDLossFn,
+    *,
+    temperature: float = 4.0,
+    convention: str = "hinton",
+    warmup: float = DKD_WARMUP,
+) -> Diagnosis:
     """Probe ``fn(student_logits, teacher_logits, targets, temperature, alpha)`` and name its bugs.
+
+    ``convention="dkd"`` checks a decoupled-KD training loss instead,
+    ``fn(student_logits, teacher_logits, targets, temperature, beta, progress)``, against
+    :func:`kdbook.losses.dkd_objective` (see :func:`_check_dkd`): ``warmup`` is the
+    fraction of training its DKD term ramps up over.
 
     The right answer is Hinton's loss with alpha weighting the soft term (the book's
     convention, :func:`kdbook.losses.kd_loss`):
@@ -260,6 +280,10 @@ def check_kd_loss(fn: KDLossFn, *, temperature: float = 4.0) -> Diagnosis:
         raise ValueError(f"temperature must be > 0 and != 1, got {temperature!r}")
     if not callable(fn):
         raise ValueError(f"fn must be a callable loss function, got {fn!r}")
+    if convention not in ("hinton", "dkd"):
+        raise ValueError(f"convention must be 'hinton' or 'dkd', got {convention!r}")
+    if convention == "dkd":
+        return _check_dkd(fn, temperature, warmup)
     s, t, y = _probe_inputs()
     student = s.clone().requires_grad_(True)
     value, error = _call(fn, student, t, y, temperature, PROBE_ALPHA)
@@ -285,6 +309,130 @@ def check_kd_loss(fn: KDLossFn, *, temperature: float = 4.0) -> Diagnosis:
     if not problems and not right:
         problems.append("the loss differs from kd_loss in a way this check does not recognise")
     return Diagnosis(not problems, problems)
+
+
+def _dkd_variants(
+    s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float, beta: float
+) -> dict[str, float]:
+    """The DKD term (past the warm-up) written the wrong ways we know, by mistake."""
+    tckd, nckd = dkd_terms(s, t, y, temperature)
+    t2 = temperature**2
+    log_s, log_t = F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1)
+    full = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(1) * t2
+    off = 1 - F.one_hot(y, s.shape[1])  # the non-target entries of the full softmax
+    cut = (log_t.exp() * (log_t - log_s) * off).sum(1) * t2
+    ce = F.cross_entropy(s, y).item()
+    return {
+        "target_in_nckd": ce + (tckd + beta * full).mean().item(),
+        "target_cut_after_softmax": ce + (tckd + beta * cut).mean().item(),
+        "beta_on_tckd": ce + (beta * tckd + nckd).mean().item(),
+        "missing_T2": ce + (tckd + beta * nckd).mean().item() / t2,
+        "no_cross_entropy": (tckd + beta * nckd).mean().item(),
+    }
+
+
+def _explain_dkd(mistake: str, temperature: float) -> str:
+    return {
+        "target_in_nckd": (
+            "the target class is left in the non-target softmax: NCKD must compare the "
+            "teacher's and student's distributions over the C - 1 other classes, "
+            "renormalised without the target (softmax of the non-target logits only); with "
+            "the target kept, NCKD is plain KD and beta weighs it all"
+        ),
+        "target_cut_after_softmax": (
+            "the target class is dropped after the softmax, not before: the non-target "
+            "probabilities then do not sum to 1 (they carry the factor 1 - p_target that DKD "
+            "removes); take the softmax of the non-target logits only"
+        ),
+        "beta_on_tckd": (
+            "beta weighs TCKD instead of NCKD: DKD is TCKD + beta * NCKD (beta 8 on the "
+            "non-target part)"
+        ),
+        "missing_T2": (
+            f"the DKD term lacks the T^2 factor (it is 1/T^2 = 1/{temperature**2:g} of the "
+            "right value): multiply TCKD and NCKD by temperature**2"
+        ),
+        "no_cross_entropy": (
+            "the cross-entropy on the labels is missing: DKD trains with CE(s, y) + the "
+            "warmed-up DKD term"
+        ),
+    }[mistake]
+
+
+def _warmup_problem(
+    fn: Callable[..., torch.Tensor], s, t, y, temperature: float, beta: float, warmup: float
+) -> str | None:
+    """The user's warm-up against ``min(progress / warmup, 1)`` on the DKD term alone."""
+    ce = F.cross_entropy(s, y).item()
+    dkd = dkd_loss(s, t, y, temperature, beta).item()
+    points = [0.0, warmup / 2, warmup, (1 + warmup) / 2, 1.0]
+    values = {}
+    for p in points:
+        value, error = _call(fn, s, t, y, temperature, beta, p)
+        if error:
+            return error
+        values[p] = value.item()
+    weights = {p: (v - ce) / dkd for p, v in values.items()}
+    if all(_close(weights[p], dkd_warmup_weight(p, warmup)) for p in points):
+        return None
+    if _close(values[0.0], 0.0) and all(
+        _close(values[p], dkd_warmup_weight(p, warmup) * (ce + dkd)) for p in points
+    ):
+        return (
+            "the warm-up scales the cross-entropy too (the loss is 0 at progress 0): only "
+            "the DKD term ramps up, the cross-entropy has its full weight from the start"
+        )
+    if all(_close(w, 1.0) for w in weights.values()):
+        return (
+            f"the DKD term has no warm-up (full weight at progress 0): scale it by "
+            f"min(progress / warmup, 1), warmup = {warmup:.4g} of training (the paper's "
+            "20 of 240 epochs)"
+        )
+    half = weights[warmup / 2]
+    ramp = f"about {warmup / 2 / half:.3g}" if half > 0 else "a later point"
+    weights_text = ", ".join(f"{p:.3g}: {w:.3g}" for p, w in weights.items())
+    return (
+        f"the warm-up does not follow min(progress / warmup, 1) with warmup = {warmup:.4g} "
+        f"of training: the DKD term's weight by progress is {{{weights_text}}} (full weight "
+        f"reached at {ramp}); ramp it linearly over the first {warmup:.4g} of training, by "
+        "progress, not by epoch count"
+    )
+
+
+def _check_dkd(fn: Callable[..., torch.Tensor], temperature: float, warmup: float) -> Diagnosis:
+    """``fn(s, t, y, temperature, beta, progress)`` against :func:`dkd_objective`.
+
+    Past the warm-up (progress 1) the loss must be ``CE + TCKD + beta * NCKD``; a mismatch
+    is matched against the known wrong forms (the target class left in NCKD's softmax, or
+    cut out after it; beta on TCKD; a missing T^2; no cross-entropy). Then the warm-up is
+    probed at progress 0, warmup / 2, warmup, and after: only the DKD term may ramp, as
+    ``min(progress / warmup, 1)``.
+    """
+    dkd_warmup_weight(0.0, warmup)  # checks warmup
+    summary = "matches dkd_objective (CE + warmed-up TCKD + beta * NCKD)"
+    s, t, y = _probe_inputs()
+    beta = DKD_BETA
+    student = s.clone().requires_grad_(True)
+    value, error = _call(fn, student, t, y, temperature, beta, 1.0)
+    if error:
+        return Diagnosis(False, [error])
+    if not value.requires_grad:
+        return Diagnosis(False, ["the loss carries no gradient to student_logits"])
+    right = dkd_objective(s, t, y, temperature, beta, 1.0, warmup=warmup).item()
+    if not _close(value.item(), right):
+        matches = [k for k, v in _dkd_variants(s, t, y, temperature, beta).items()
+                   if _close(value.item(), v)]  # fmt: skip
+        if matches:
+            return Diagnosis(False, [_explain_dkd(m, temperature) for m in matches])
+        return Diagnosis(
+            False,
+            [
+                f"past the warm-up the loss is {value.item():.4f}, CE + TCKD + beta * NCKD is "
+                f"{right:.4f}: compare yours with kdbook.losses.dkd_terms"
+            ],
+        )
+    problem = _warmup_problem(fn, s, t, y, temperature, beta, warmup)
+    return Diagnosis(problem is None, [problem] if problem else [], summary)
 
 
 def check_mean_ci(values: Sequence[float], mean: float | None, ci95: float | None) -> Diagnosis:

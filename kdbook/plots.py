@@ -407,3 +407,40 @@ def attention_grid(
         fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), label="share of attention", shrink=0.9)
     fig.suptitle(title)
     return fig
+
+
+def scatter_panels(
+    frame: pd.DataFrame,
+    *,
+    x: Mapping[str, str],
+    y: str,
+    hue: str,
+    title: str,
+    muted: Sequence[str] = (),
+) -> Figure:
+    """One scatter panel per ``x`` column against ``y``, one colour per value of ``hue``.
+
+    Args:
+        frame: one row per point (e.g. one trained student), with the columns named here.
+        x: column -> x-axis label (with its unit), one panel each.
+        y: the column on every y axis (its name is the label: put the unit in it).
+        hue: the column whose values get a colour each and a legend entry.
+        title: the figure's title.
+        muted: values of ``hue`` drawn in grey (a reference, such as the student alone).
+    """
+    fig, axes = plt.subplots(1, len(x), figsize=(5.6 * len(x) + 2.2, 4.0), squeeze=False)
+    groups = list(dict.fromkeys(frame[hue]))
+    colours = plt.get_cmap("tab10")
+    for ax, (column, label) in zip(axes[0], x.items(), strict=True):
+        for i, group in enumerate(groups):
+            part = frame[frame[hue] == group]
+            style = (
+                {"color": "grey", "marker": "x"} if group in muted else {"color": colours(i % 10)}
+            )
+            ax.scatter(part[column], part[y], alpha=0.75, label=str(group), **style)
+        ax.set(xlabel=label, ylabel=y)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

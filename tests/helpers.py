@@ -15,6 +15,15 @@ def tiny(data: Dataset, seed: int = 0, name: str = "tiny_cnn") -> nn.Module:
     return build_model(name, data.num_classes, in_channels=1, image_size=8)
 
 
+def random_batch(n: int = 6, c: int = 5, seed: int = 0, scale: float = 3.0):
+    """Student logits, teacher logits ``(n, c)`` and labels ``(n,)`` drawn from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    student = scale * torch.randn(n, c, generator=g)
+    teacher = scale * torch.randn(n, c, generator=g)
+    targets = torch.randint(0, c, (n,), generator=g)
+    return student, teacher, targets
+
+
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     for (key, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), key

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import random_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,14 +37,6 @@ def reference_kd(student, teacher, targets, temperature, alpha):
     else:
         hard = torch.tensor(0.0, dtype=torch.float64)
     return float(alpha * soft + (1 - alpha) * hard)
-
-
-def random_batch(n=6, c=5, seed=0, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
-    student = scale * torch.randn(n, c, generator=g)
-    teacher = scale * torch.randn(n, c, generator=g)
-    targets = torch.randint(0, c, (n,), generator=g)
-    return student, teacher, targets
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0, 4.0, 10.0])
