@@ -10,9 +10,10 @@ weights it would have had trained alone by :func:`kdbook.train.fit`, up to float
 round-off (``tests/test_stack.py`` checks both).
 
 What can be stacked is a run fit trains with cross-entropy alone or with the logit KD loss
-from one teacher model, in fp32 or bf16, on one process, without hooks, checkpoints,
-accumulation, dropout or extra loss terms (:func:`why_not_stacked` says which). The rest
-trains one run at a time, with the same result.
+(from a teacher model, an ensemble or a logit cache), in fp32 or bf16, on one process,
+without hooks, checkpoints, accumulation, dropout, views or extra loss terms
+(:func:`why_not_stacked` says which). The rest trains one run at a time, with the same
+result.
 
 >>> from kdbook.data import load_dataset
 >>> from kdbook.models import build_model
@@ -38,13 +39,14 @@ from tqdm.auto import tqdm
 
 from kdbook.checkpoint import History, tensor_digest
 from kdbook.data import UNLABELED, Dataset
-from kdbook.distill import LogitKD
+from kdbook.distill import LogitCache, LogitKD
 from kdbook.runtime import autocast
 from kdbook.schedules import value_at
 
 # fit's keywords a stacked run may set; the shared ones must be equal across the stack
 STACKED_KEYWORDS = frozenset(
-    {"teacher", "temperature", "alpha", "seed", "progress", "desc"} | {"num_epochs", "lr"}
+    {"teacher", "teacher_weights", "temperature", "alpha", "seed", "progress", "desc"}
+    | {"num_epochs", "lr"}
     | {"batch_size", "optimizer", "momentum", "weight_decay", "augment", "precision"}
     | {"device", "channels_last"}
 )  # fmt: skip
@@ -65,8 +67,9 @@ def why_not_stacked(model: nn.Module, kwargs: Mapping[str, Any]) -> str | None:
     if other:
         return f"{other[0]} is not stacked"
     teacher = kwargs.get("teacher")
-    if teacher is not None and not isinstance(teacher, nn.Module):
-        return f"a teacher given as {type(teacher).__name__} is not stacked (one model is)"
+    teachers = teacher if isinstance(teacher, list | tuple) else [teacher]
+    if teacher is not None and not all(isinstance(t, nn.Module | LogitCache) for t in teachers):
+        return f"a teacher given as {type(teacher).__name__} is not stacked"
     if kwargs.get("precision") == "fp16":
         return "fp16 (its gradient scaler) is not stacked"
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
@@ -162,7 +165,7 @@ class _Stack:
         keys, self.loaders, self.loader_of = {}, [], []
         for loop in loops:
             key = (loop.history.settings["seed"], loop.loader.augment is not None)
-            key += (tensor_digest([loop.loader.labels]),)
+            key += (tensor_digest([loop.loader.labels]), id(loop.distiller.source.cache))
             if key not in keys:
                 keys[key] = len(self.loaders)
                 self.loaders.append(loop.loader)
@@ -179,6 +182,8 @@ class _Stack:
         self.sums = torch.zeros(n, 5, dtype=torch.float64)
         self.scheduled = [dict.fromkeys(loop.distiller.scheduled(), 0.0) for loop in self.loops]
         self.base.train()
+        for i, loop in enumerate(self.loops):  # a cache of stored views replays this epoch's
+            loop.distiller.start_epoch(epoch, self.loaders[self.loader_of[i]])
         step = (epoch - 1) * self.steps_per_epoch
         total = self.loops[0].history.settings["num_epochs"] * self.steps_per_epoch
         for batches in zip(*self.loaders, strict=True):
@@ -255,13 +260,21 @@ class _Stack:
         losses = list(hard.unbind())
         kl = torch.zeros(g)
         distilled = [j for j, i in enumerate(rows) if isinstance(self._term(i), LogitKD)]
-        teachers: dict[int, list[int]] = {}
-        for j in distilled:
-            teachers.setdefault(id(self.loops[rows[j]].distiller.teachers[0]), []).append(j)
-        for group in teachers.values():
-            teacher = self.loops[rows[group[0]]].distiller.teachers[0]
-            t_logits = self._teacher_logits(teacher, x[group], [seen[j] for j in group])
+        teachers: dict[Any, list[int]] = {}
+        for j in distilled:  # runs of one teacher model share its passes; caches, ensembles
+            source = self.loops[rows[j]].distiller.source  # look their logits up per run
+            one = source.cache is None and len(source.teachers) == 1
+            teachers.setdefault(id(source.teachers[0]) if one else ("own", j), []).append(j)
+        for key, group in teachers.items():
             temps = [value_at(self.loops[rows[j]].distiller.temperature, progress) for j in group]
+            source = self.loops[rows[group[0]]].distiller.source
+            if isinstance(key, tuple):
+                idx = seen[group[0]][0]
+                t_logits = source.teach(x[group[0]], idx, temps[0], False)[0].unsqueeze(0)
+            else:
+                t_logits = self._teacher_logits(
+                    source.teachers[0], x[group], [seen[j] for j in group]
+                )
             alphas = [value_at(self._term(rows[j]).alpha, progress) for j in group]
             t = torch.tensor(temps, device=logits.device).view(-1, 1, 1)
             log_p_s = F.log_softmax(logits[group] / t, dim=-1)

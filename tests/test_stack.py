@@ -111,7 +111,8 @@ def test_what_cannot_be_stacked_says_why(digits, teacher):
     assert why_not_stacked(model, {"teacher": teacher, "seed": 0}) is None
     assert "feature_loss" in why_not_stacked(model, {"feature_loss": object()})
     assert "hooks" in why_not_stacked(model, {"hooks": []})
-    assert "list" in why_not_stacked(model, {"teacher": [teacher, teacher]})
+    assert "object" in why_not_stacked(model, {"teacher": object()})
+    assert "view" in why_not_stacked(model, {"teacher": teacher, "view": object()})
     assert "dropout" in why_not_stacked(torch.nn.Sequential(torch.nn.Dropout(0.1)), {})
     with pytest.raises(NotStackable, match="architecture"):
         fit_stacked([model, build_model("simple_resnet", digits)], digits, [{}, {}], progress=False)
@@ -165,3 +166,15 @@ def test_fit_leaves_the_global_rng_as_its_seed_does(digits, teacher):
         progress=False,
     )
     assert torch.equal(torch.random.get_rng_state(), expected)
+
+
+def test_a_cache_of_stored_views_and_an_ensemble_stack_too(digits, teacher):
+    from kdbook.distill import cache_teacher_logits
+
+    cache = cache_teacher_logits(teacher, digits, views=2, seed=0, progress=False)
+    plain = cache_teacher_logits(teacher, digits, views=0, progress=False)
+    runs = [{"seed": 0, "teacher": cache}, {"seed": 1, "teacher": cache}]
+    runs += [{"seed": 0, "teacher": plain}, {"seed": 0, "teacher": [teacher, teacher]}]
+    runs += [{"seed": 1}]
+    alone, stacked = _both(digits, runs, num_epochs=3)  # epoch 3 replays the first view again
+    _assert_same(alone, stacked)
