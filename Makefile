@@ -41,9 +41,16 @@ book: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check kdbook tests
 	$(BIN)/ruff format --check kdbook tests
-	$(BIN)/pytest tests
-	rm -rf $(CI_RUN)
-	$(BIN)/kdbook book --out $(CI_RUN)
+	rm -rf $(CI_RUN) && mkdir -p runs
+	@# The unit tests and the book side by side: each runs mostly on one thread (threads=auto),
+	@# so on two cores they take about the time of the longer one. The tests' log follows.
+	@unit=0; book=0; \
+	$(BIN)/pytest tests > runs/ci-unit-tests.log 2>&1 & pid=$$!; \
+	$(BIN)/kdbook book --out $(CI_RUN) || book=$$?; \
+	wait $$pid || unit=$$?; \
+	echo "--- pytest tests (runs/ci-unit-tests.log) ---"; cat runs/ci-unit-tests.log; \
+	if [ $$unit -ne 0 ] || [ $$book -ne 0 ]; then \
+		echo "make test: unit tests exit $$unit, kdbook book exit $$book"; exit 1; fi
 	$(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(CI_RUN)/*.ipynb
 
 lab: $(STAMP)

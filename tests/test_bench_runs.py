@@ -22,9 +22,11 @@ def test_bench_seeds_reports_the_three_paths_and_their_ratios():
 def test_a_planted_delay_in_the_stack_moves_its_ratio(monkeypatch):
     from kdbook import stack  # bench_seeds looks fit_stacked up there at each call
 
+    real = stack.fit_stacked
+
     def slow(*args, **kwargs):
         time.sleep(3.0)
-        return stack.fit_stacked(*args, **kwargs)
+        return real(*args, **kwargs)
 
     fast = bench_runs.bench_seeds(1, num_epochs=1).rows[2]["speed-up vs one at a time (x)"]
     monkeypatch.setattr(stack, "fit_stacked", slow)
