@@ -41,17 +41,9 @@ book: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check kdbook tests
 	$(BIN)/ruff format --check kdbook tests
-	rm -rf $(CI_RUN) && mkdir -p runs
-	@# The unit tests and the book side by side: each runs mostly on one thread (threads=auto),
-	@# so on two cores they take about the time of the longer one. The tests' log follows.
-	@unit=0; book=0; \
-	$(BIN)/pytest tests > runs/ci-unit-tests.log 2>&1 & pid=$$!; \
-	$(BIN)/kdbook book --out $(CI_RUN) || book=$$?; \
-	wait $$pid || unit=$$?; \
-	echo "--- pytest tests (runs/ci-unit-tests.log) ---"; cat runs/ci-unit-tests.log; \
-	if [ $$unit -ne 0 ] || [ $$book -ne 0 ]; then \
-		echo "make test: unit tests exit $$unit, kdbook book exit $$book"; exit 1; fi
-	$(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider $(CI_RUN)/*.ipynb
+	@# The unit tests and the book side by side (each mostly one thread), and nbval on each
+	@# executed notebook as soon as the book has finished it and a core is free.
+	$(BIN)/python tests/make_test.py $(CI_RUN)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -319,13 +319,19 @@ def config_from(namespace: Mapping[str, Any]) -> Config:
     cfg = make_config(**given)
     use_threads(cfg.threads)  # the start of the work: the thread setting of every run after it
     smaller = {k: v for k, v in cpu_sizes(cfg.preset, given.get("device")).items()
-               if given.get(k) is None}  # fmt: skip
+               if k in given and given[k] is None}  # fmt: skip  # what the notebook declares
     if smaller:
         sizes = ", ".join(f"{k} {v}" for k, v in smaller.items())
-        full = " ".join(f"-p {k} {PRESETS[cfg.preset][k]}" for k in smaller)
         print(f"preset {cfg.preset!r} on a CPU: {sizes} (near a minute a notebook); "
-              f"for the full size run with {full}")  # fmt: skip
+              f"for the full size run with {full_size_options(cfg.preset, smaller)}")  # fmt: skip
     return cfg
+
+
+def full_size_options(preset: str, names: Iterable[str] | None = None) -> str:
+    """The papermill options that undo a preset's CPU sizes, e.g. for ``imagefolder``
+    ``-p image_size 64 -p num_epochs 10 -p teacher resnet18_cifar`` (``names``: only these)."""
+    names = CPU_SIZES.get(preset, {}) if names is None else names
+    return " ".join(f"-p {k} {PRESETS[preset][k]}" for k in names)
 
 
 def resolve_device(device: str) -> str:

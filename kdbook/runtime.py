@@ -151,12 +151,13 @@ def choose_threads(*models: nn.Module, data: Any, batch_size: int) -> int:
     """
     if next(models[0].parameters()).device.type != "cpu":
         return torch.get_num_threads()
+    cores = available_cores()  # read before the first change: torch's own default
     if _policy != "auto":
         threads = int(_policy)
     else:
         shape = (data.in_channels, data.image_size, data.image_size)
         small = step_flops(models, shape, batch_size) < ONE_THREAD_FLOPS
-        threads = 1 if small else available_cores()
+        threads = 1 if small else cores
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

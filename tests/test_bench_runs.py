@@ -36,8 +36,17 @@ def test_a_planted_delay_in_the_stack_moves_its_ratio(monkeypatch):
 
 def test_bench_threads_times_each_run_at_one_thread_and_the_cores(tmp_path):
     result = bench_runs.bench_threads(num_epochs=1, neighbour=True)
-    assert [row["run"] for row in result.rows] == ["teacher", "student alone", "distilled student"]
-    assert all(row["auto picks"] == 1 for row in result.rows)  # the classroom's runs
+    kinds = ["teacher", "student alone", "distilled student"]
+    setups = ["classroom", "imagefolder on a CPU"]
+    assert [row["run"] for row in result.rows] == [f"{s}: {k}" for s in setups for k in kinds]
+    classroom, mid_sized = result.rows[:3], result.rows[3:]
+    assert all(row["auto picks"] == 1 for row in classroom)  # the classroom's tiny runs
+    # The mid-sized teacher's steps (alone and under the distilled student) are bigger than
+    # any of the classroom's.
+    biggest_classroom = max(r["step GFLOPs"] for r in classroom)
+    assert mid_sized[0]["step GFLOPs"] > biggest_classroom
+    assert mid_sized[2]["step GFLOPs"] > biggest_classroom
+    assert all(row["s at 1 thread"] > 0 for row in result.rows)
     assert result.settings["busy neighbour"] is True
     saved = result.save(tmp_path / "b.json")
     assert '"kind": "threads"' in saved.read_text()

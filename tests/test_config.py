@@ -223,15 +223,23 @@ def test_train_help_lists_the_declared_parameters():
 
 
 def test_imagefolder_on_a_cpu_takes_cpu_sizes_and_says_how_to_ask_for_the_full_size(capsys):
-    from kdbook.config import CPU_SIZES, PRESETS
+    from kdbook.config import CPU_SIZES, PRESETS, full_size_options
 
     spec = "imagefolder:some/tree"
-    cfg = config_from({"preset": "imagefolder", "dataset": spec, "device": "cpu"})
+    # a notebook's parameters: what it declares and left at None
+    declared = {"preset": "imagefolder", "dataset": spec, "device": "cpu", "image_size": None,
+                "num_epochs": None, "teacher": None}  # fmt: skip
+    cfg = config_from(declared)
     for name, value in CPU_SIZES["imagefolder"].items():
         assert getattr(cfg, name) == value
     out = capsys.readouterr().out
-    assert "on a CPU" in out and f"-p image_size {PRESETS['imagefolder']['image_size']}" in out
+    full = full_size_options("imagefolder")
+    assert full == "-p image_size 64 -p num_epochs 10 -p teacher resnet18_cifar"
+    assert "on a CPU" in out and out.rstrip().endswith(f"for the full size run with {full}")
+    # only the options the notebook declares (kdbook book refuses the others)
+    config_from({k: v for k, v in declared.items() if k != "teacher"})
+    assert capsys.readouterr().out.rstrip().endswith("run with -p image_size 64 -p num_epochs 10")
     # what is given is kept, and nothing shrinks on the classroom preset
-    cfg = config_from({"preset": "imagefolder", "dataset": spec, "device": "cpu", "image_size": 48})
+    cfg = config_from({**declared, "image_size": 48})
     assert cfg.image_size == 48 and "-p image_size" not in capsys.readouterr().out
     assert make_config().image_size == PRESETS["classroom"]["image_size"]

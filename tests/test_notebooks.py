@@ -16,7 +16,7 @@ import papermill
 import pytest
 
 import kdbook
-from kdbook.config import Config, config_from
+from kdbook.config import CPU_SIZES, Config, config_from, full_size_options
 from kdbook.notebooks import IMPORT_CHECK_ID, book_dir, import_check_source
 from kdbook.runner import list_notebooks
 
@@ -67,6 +67,21 @@ def test_parameters_cell_comes_first_and_papermill_parses_every_line(name: str) 
     assert {"preset", "seed", "run_dir"} <= declared.keys()
     assert ast.literal_eval(declared["run_dir"]["default"]) == "runs/lab", (
         "run_dir defaults to runs/lab beside the notebook, wherever the book was copied"
+    )
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_declares_the_data_and_thread_settings_and_says_how_to_ask_for_the_full_size(
+    name: str,
+) -> None:
+    """`-p image_size` and `-p threads` reach every notebook through `kdbook book` (which
+    refuses an undeclared name), and the first cell names the options that undo the
+    imagefolder preset's CPU sizes (those the notebook declares)."""
+    declared = papermill.inspect_notebook(NOTEBOOK_DIR / f"{name}.ipynb")
+    assert {"preset", "dataset", "image_size", "threads"} <= declared.keys()
+    names = [k for k in CPU_SIZES["imagefolder"] if k in declared]
+    assert f"`{full_size_options('imagefolder', names)}` asks for the full size" in (
+        read(name).cells[0].source
     )
 
 

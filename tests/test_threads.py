@@ -78,3 +78,13 @@ def test_sweep_workers_divide_the_cores(monkeypatch):
     monkeypatch.setenv(runtime.THREADS_ENV, "")
     _share_cores("1")
     assert os.environ[runtime.THREADS_ENV] == "1"
+
+
+def test_the_cores_are_read_before_a_small_run_lowers_torchs_threads(digits, monkeypatch):
+    """A tiny run first (one thread), then a big one: the big one still gets every core."""
+    monkeypatch.setattr(runtime, "_cores", None)  # not read yet, as in a fresh process
+    torch.set_num_threads(3)  # torch's default here
+    assert choose_threads(build_model("tiny_cnn", digits), data=digits, batch_size=64) == 1
+    big = build_model("resnet18_cifar", digits)
+    assert choose_threads(big, data=digits, batch_size=64) == 3
+    assert torch.get_num_threads() == 3
