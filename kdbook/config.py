@@ -167,7 +167,7 @@ PARAMS: tuple[Param, ...] = (
           "a non-empty path", "folder shared by the notebooks of one run", train=False),
     Param("threads", str, "auto", lambda v: v == "auto" or (_is_int(v) and v >= 1),
           "'auto' or an integer >= 1",
-          "CPU threads per run: 'auto' is 1 for the classroom's tiny models", train=False),
+          "CPU threads per run: 'auto' is 1 for small models, the cores for big ones", train=False),
     Param("image_size", int, None, lambda v: _is_int(v) and v >= 2, "an integer >= 2",
           "side ImageFolder images are resized to; None means the preset's", train=False),
     Param("label_fraction", float, None, lambda v: _is_number(v) and 0 < v <= 1,

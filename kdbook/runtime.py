@@ -69,11 +69,14 @@ def make_optimizer(
 # --- threads ---------------------------------------------------------------------------
 
 # Forward FLOPs of one training step (batch x per-image FLOPs of the student and teachers)
-# under which one intra-op thread is chosen: at these sizes a second thread gains little on
-# a quiet CPU and costs several times over next to a busy process (``kdbook bench
-# --thread-choice [--neighbour]`` measures it). The classroom's runs, the digits teacher's
-# included (3e8), are under it; a CIFAR ResNet-18 step (1e11) is far above.
-ONE_THREAD_FLOPS = 1_000_000_000
+# under which one intra-op thread is chosen. A second thread gains at most 2x on a quiet
+# 2-core machine, and costs more than it gains when a busy process holds the other core:
+# torch's threads then wait for each other at every operation. ``kdbook bench
+# --thread-choice [--neighbour]`` measures it for the classroom's runs (the digits teacher,
+# 3e8) and the imagefolder preset's CPU sizes (simple_resnet at 32 px, 6e9): at one thread
+# a neighbour leaves their time unchanged, at two it makes it 1.6-3x longer than at one.
+# A CIFAR ResNet-18 step (7e10 at 32 px) is above it and gets every core.
+ONE_THREAD_FLOPS = 20_000_000_000
 THREADS_ENV = "KDBOOK_THREADS"  # the cores a process may use (``kdbook sweep --jobs`` sets it)
 _policy: int | str = "auto"
 _cores: int | None = None  # torch's own default, read when first needed (never on import)
@@ -146,7 +149,8 @@ def choose_threads(*models: nn.Module, data: Any, batch_size: int) -> int:
     """Set torch's intra-op threads for a run on the CPU about to train ``models`` on ``data``.
 
     A number given to :func:`use_threads` wins; ``"auto"`` is one thread when a step's
-    forward work is under :data:`ONE_THREAD_FLOPS` (the classroom's tiny models), else
+    forward work is under :data:`ONE_THREAD_FLOPS` (the classroom's runs and the imagefolder
+    preset's CPU sizes), else
     :func:`available_cores`. Returns the number set (unchanged off the CPU).
     """
     if next(models[0].parameters()).device.type != "cpu":

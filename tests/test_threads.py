@@ -10,6 +10,9 @@ from kdbook.config import config_from, make_config
 from kdbook.models import build_model, flops
 from kdbook.runtime import ONE_THREAD_FLOPS, choose_threads, step_flops, use_threads
 
+# resnet18_cifar on 8 x 8 digits at this batch: a step well above ONE_THREAD_FLOPS
+BIG_BATCH = 1024
+
 
 @pytest.fixture(autouse=True)
 def restore_threads(monkeypatch):
@@ -35,8 +38,8 @@ def test_auto_gives_the_classroom_one_thread_and_big_runs_the_cores(digits):
     assert choose_threads(tiny, teacher, data=digits, batch_size=64) == 1
     assert torch.get_num_threads() == 1
     big = build_model("resnet18_cifar", digits)
-    assert step_flops([big], (1, 8, 8), 64) > ONE_THREAD_FLOPS
-    assert choose_threads(big, data=digits, batch_size=64) == 4
+    assert step_flops([big], (1, 8, 8), BIG_BATCH) > ONE_THREAD_FLOPS
+    assert choose_threads(big, data=digits, batch_size=BIG_BATCH) == 4
     assert torch.get_num_threads() == 4
 
 
@@ -46,10 +49,10 @@ def test_a_number_wins_and_the_sweep_cap_limits_auto(digits, monkeypatch):
     assert choose_threads(build_model("tiny_cnn", digits), data=digits, batch_size=64) == 3
     use_threads("auto")
     monkeypatch.setenv(runtime.THREADS_ENV, "2")  # kdbook sweep --jobs 2 on 4 cores
-    assert choose_threads(big, data=digits, batch_size=64) == 2
+    assert choose_threads(big, data=digits, batch_size=BIG_BATCH) == 2
     monkeypatch.setenv(runtime.THREADS_ENV, "two")
     with pytest.raises(ValueError, match=r"\$KDBOOK_THREADS must be an integer >= 1, got 'two'"):
-        choose_threads(big, data=digits, batch_size=64)
+        choose_threads(big, data=digits, batch_size=BIG_BATCH)
 
 
 def test_fit_sets_the_threads_before_training(digits):
@@ -86,5 +89,5 @@ def test_the_cores_are_read_before_a_small_run_lowers_torchs_threads(digits, mon
     torch.set_num_threads(3)  # torch's default here
     assert choose_threads(build_model("tiny_cnn", digits), data=digits, batch_size=64) == 1
     big = build_model("resnet18_cifar", digits)
-    assert choose_threads(big, data=digits, batch_size=64) == 3
+    assert choose_threads(big, data=digits, batch_size=BIG_BATCH) == 3
     assert torch.get_num_threads() == 3
