@@ -92,6 +92,11 @@ def test_makefile_tools_are_installed_by_the_dev_extra() -> None:
     runtime = set(_pip_dependencies())
     makefile = (ROOT / "Makefile").read_text()
     commands = set(re.findall(r"\$\(BIN\)/([A-Za-z0-9_.-]+)", makefile))
+    # `make test` hands the unit tests, the book and nbval to tests/make_test.py, which
+    # calls the venv's commands as BIN / "name"
+    make_test = (ROOT / "tests" / "make_test.py").read_text()
+    assert "$(BIN)/python tests/make_test.py" in makefile
+    commands |= set(re.findall(r'BIN / "([A-Za-z0-9_.-]+)"', make_test))
     assert {"ruff", "pytest", "kdbook", "pip", "python"} <= commands
     for command in sorted(commands - VENV_COMMANDS):
         if command in project["scripts"]:
@@ -102,7 +107,7 @@ def test_makefile_tools_are_installed_by_the_dev_extra() -> None:
             assert package in dev, f"{package} (called by the Makefile) is not in the dev extra"
         else:
             assert package in dev | runtime, f"{package} is not a dependency"
-    if "--nbval" in makefile:
+    if "--nbval" in makefile + make_test:
         assert "nbval" in runtime
     assert re.search(
         r'\.venv/bin/pip install .*-e "\.\[dev\]"', makefile.replace("$(BIN)", ".venv/bin")
