@@ -59,7 +59,7 @@ from kdbook.data import CIFAR10_MEAN, CIFAR10_STD, Augment, Dataset, Loader, Spl
 from kdbook.distill import Distiller, cache_teacher_logits
 from kdbook.io import write_json
 from kdbook.models import build_model
-from kdbook.runtime import Runtime
+from kdbook.runtime import Runtime, choose_threads
 
 BENCH_PRESETS = ("classroom", "cifar10")
 SEED_STYLE, KDBOOK, CACHED = "seed-style", "kdbook", "kdbook + cached logits"
@@ -438,7 +438,8 @@ def run_bench(
             augments, so it is valid (the same recipe) only when this is False.
         synthetic: with ``cifar10``, random CIFAR-shaped images instead of the real files.
         smoke: a few steps only (CI): checks that the bench runs, measures nothing.
-        threads: torch intra-op threads during the run (default: torch's current setting).
+        threads: torch intra-op threads during the run (default: what ``fit`` would choose
+            for the preset's models, :func:`kdbook.runtime.choose_threads`).
         seed: seeds the models' initial weights and the shuffling.
         data: a data set to use instead of the preset's (its models stay the preset's).
 
@@ -466,6 +467,11 @@ def run_bench(
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    elif dev.type == "cpu":  # the threads fit would train these models with (threads='auto')
+        shape = {"in_channels": data.in_channels, "image_size": data.image_size}
+        roles = ("student", "teacher")
+        models = [build_model(PRESETS[preset][r], data.num_classes, **shape) for r in roles]
+        choose_threads(*models, data=data, batch_size=batch_size)
     try:
         return _run(
             preset, data, dev, steps, warmup, repeats, batch_size, num_workers, augment, seed

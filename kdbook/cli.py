@@ -476,7 +476,10 @@ def _add_bench(sub: Any, fmt: type) -> None:
         "--batch-size", type=int, default=128, metavar="N", help="images per step (default 128)"
     )
     bench.add_argument(
-        "--threads", type=int, metavar="N", help="torch threads (default: torch's, the cores)"
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch threads (default: what training picks, threads='auto')",
     )
     bench.add_argument(
         "--no-augment",

@@ -191,3 +191,16 @@ def test_cli_bench_smoke_writes_json(tmp_path, capsys) -> None:
 def test_cli_bench_rejects_bad_input(argv, message: str, capsys) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_bench_trains_on_the_threads_fit_would_choose(digits, monkeypatch) -> None:
+    """Without --threads the paths run as a notebook's training does (threads='auto': one
+    thread for the classroom's models), whatever torch was set to, which is then restored."""
+    from kdbook import runtime
+
+    monkeypatch.setattr(runtime, "_cores", 2)
+    torch.set_num_threads(2)
+    result = run_bench("classroom", smoke=True, data=digits)
+    assert result.settings["threads"] == 1
+    assert torch.get_num_threads() == 2
+    assert run_bench("classroom", smoke=True, data=digits, threads=2).settings["threads"] == 2
