@@ -25,6 +25,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 POLL_SECONDS = 2.0
+CELL_TIMEOUT = 600  # seconds a cell of the book may run
 
 
 def finished_notebooks(run_dir: Path) -> list[str]:
@@ -54,7 +55,11 @@ def main(run_dir: Path) -> int:
 
     with unit_log.open("w") as out:
         unit = subprocess.Popen([BIN / "pytest", "tests"], stdout=out, stderr=subprocess.STDOUT)
-    book = subprocess.Popen([BIN / "kdbook", "book", "--out", str(run_dir)])
+    # A classroom cell takes seconds to a couple of minutes; a kernel that went quiet is
+    # retried by the book after this timeout instead of the default 900 s.
+    book = subprocess.Popen(
+        [BIN / "kdbook", "book", "--out", str(run_dir), "--timeout", str(CELL_TIMEOUT)]
+    )
     running: dict[str, tuple[subprocess.Popen, float]] = {}  # notebook -> nbval, start
     checked: dict[str, int] = {}  # notebook -> nbval's exit status
     failures: list[str] = []
