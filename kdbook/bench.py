@@ -467,14 +467,19 @@ def run_bench(
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    elif dev.type == "cpu":  # the threads fit would train these models with (threads='auto')
-        shape = {"in_channels": data.in_channels, "image_size": data.image_size}
-        roles = ("student", "teacher")
-        models = [build_model(PRESETS[preset][r], data.num_classes, **shape) for r in roles]
-        choose_threads(*models, data=data, batch_size=batch_size)
     try:
         return _run(
-            preset, data, dev, steps, warmup, repeats, batch_size, num_workers, augment, seed
+            preset,
+            data,
+            dev,
+            steps,
+            warmup,
+            repeats,
+            batch_size,
+            num_workers,
+            augment,
+            seed,
+            auto_threads=threads is None,
         )
     finally:
         torch.set_num_threads(before)
@@ -491,12 +496,15 @@ def _run(
     num_workers: int,
     augment: bool,
     seed: int,
+    auto_threads: bool = False,
 ) -> BenchResult:
     baseline = _PeakMemory.baseline(dev)
     torch.manual_seed(seed)
     shape = {"in_channels": data.in_channels, "image_size": data.image_size}
     teacher = build_model(PRESETS[preset]["teacher"], data.num_classes, **shape).to(dev).eval()
     initial = build_model(PRESETS[preset]["student"], data.num_classes, **shape)
+    if auto_threads and dev.type == "cpu":  # the threads fit trains them with (threads='auto')
+        choose_threads(initial, teacher, data=data, batch_size=batch_size)
     lr = PRESETS[preset]["lr"]
 
     seed_style, fast = Runtime(dev), Runtime.create(dev)  # the sources' fp32; fit's

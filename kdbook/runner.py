@@ -442,30 +442,13 @@ def _stamped(target: Path, source: Path) -> Iterator[None]:
 def _execute_with_retry(
     source: Path, target: Path, parameters: dict[str, Any], timeout: int
 ) -> None:
-    """Execute once; retry once when the kernel failed to start (no cell ran), or when a
-    cell ran past the timeout.
-
-    A timeout is retried because a kernel can go quiet when several run on a small machine:
-    the cell finishes and the kernel idles, but papermill never hears that it did
-    (TOOLING.md; seen once in a `make test` next to the unit tests' kernels). A cell that
-    is really too slow times out again and is reported.
-    """
-    from nbclient.exceptions import CellTimeoutError
+    """Execute once; retry once when the kernel failed to start (no cell ran)."""
     from papermill.exceptions import PapermillExecutionError
 
     try:
         _execute(source, target, parameters, timeout)
     except PapermillExecutionError:
         raise
-    except CellTimeoutError:
-        cell = _last_started_cell(target)
-        print(
-            f"{source.stem}: cell {cell} ran past the {timeout} s timeout; running the "
-            "notebook once more (a kernel can go quiet when several run at once)",
-            file=sys.stderr,
-            flush=True,
-        )
-        _execute(source, target, parameters, timeout)
     except (RuntimeError, TimeoutError):
         if _execution_started(target):
             raise

@@ -55,8 +55,8 @@ def main(run_dir: Path) -> int:
 
     with unit_log.open("w") as out:
         unit = subprocess.Popen([BIN / "pytest", "tests"], stdout=out, stderr=subprocess.STDOUT)
-    # A classroom cell takes seconds to a couple of minutes; a kernel that went quiet is
-    # retried by the book after this timeout instead of the default 900 s.
+    # A classroom cell takes seconds to a couple of minutes: fail a stuck one after 10
+    # minutes instead of the default 15.
     book = subprocess.Popen(
         [BIN / "kdbook", "book", "--out", str(run_dir), "--timeout", str(CELL_TIMEOUT)]
     )

@@ -471,27 +471,3 @@ def test_kernel_start_failure_is_retried_once(
     with pytest.raises(BookError, match="^FAILED 01_train: RuntimeError: Kernel died before"):
         run_book(out=tmp_path / "run2", notebook_dir=notebook_dir)
     assert calls == ["01_train", "01_train"], "one retry, then the failure is reported"
-
-
-def test_a_cell_timeout_is_retried_once_with_a_message(
-    make_notebook, notebook_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
-    """A kernel that went quiet (the cell done, papermill never told) costs one timeout."""
-    from nbclient.exceptions import CellTimeoutError
-
-    import kdbook.runner as runner
-
-    make_notebook("01_train", PARAMS, REPORT)
-    real, calls = runner._execute, []
-
-    def quiet_once(*args, **kwargs):
-        calls.append(Path(args[0]).stem)
-        if len(calls) == 1:
-            raise CellTimeoutError("A cell timed out while it was being executed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "_execute", quiet_once)
-    run_book(out=tmp_path / "run", notebook_dir=notebook_dir, timeout=60)
-    assert calls == ["01_train", "01_train"]
-    assert read_json(tmp_path / "run" / "results.json")["status"] == "ok"
-    assert "ran past the 60 s timeout; running the notebook once more" in capsys.readouterr().err
