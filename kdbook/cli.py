@@ -278,6 +278,12 @@ def _add_book(sub: Any, fmt: type) -> None:
         help="run every notebook again; by default a rerun into the same --out folder with the "
         "same parameters skips the notebooks that finished there",
     )
+    book.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another process is writing the same folder, wait for it to finish "
+        "(default: refuse at once, naming it)",
+    )
 
 
 def _add_params(sub: Any, fmt: type) -> None:
@@ -361,6 +367,12 @@ def _add_sweep(sub: Any, fmt: type) -> None:
         "--merge", nargs="+", metavar="DIR", help="merge these sweep folders' tables into --out"
     )
     sweep.add_argument("--out", metavar="DIR", help="sweep folder (with --merge: the CSV file)")
+    sweep.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another process is writing the same folder, wait for it to finish "
+        "(default: refuse at once, naming it)",
+    )
 
 
 def _add_html(sub: Any, fmt: type) -> None:
@@ -538,6 +550,7 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from kdbook.runfolder import refuse_if_busy
     from kdbook.sweep import merge_sweeps, parse_shard, run_sweep
 
     if args.merge:
@@ -554,6 +567,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError("sweep needs at least one --grid NAME=V1,V2,...")
     if not args.out:
         raise ValueError("sweep needs --out DIR (the sweep folder)")
+    if not args.wait:
+        refuse_if_busy(args.out)  # at once, before the slower checks of the input
     path = run_sweep(
         args.notebook,
         parse_grid(args.grid),
@@ -564,6 +579,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard) if args.shard else None,
         timeout=args.timeout,
         reuse_from=args.reuse_from,
+        wait=args.wait,
     )
     import pandas as pd
 
@@ -574,11 +590,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from kdbook.runfolder import refuse_if_busy, stale_line
     from kdbook.runner import run_book
 
+    out = Path(args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if not args.wait:
+        refuse_if_busy(out)  # at once, before the slower checks of the input
+    if (note := stale_line(out)) is not None:
+        print(note)
     params = {name: parse_value(value) for name, value in args.parameters}
     run_dir = run_book(
-        out=args.out, only=args.only, params=params, timeout=args.timeout, rerun=args.rerun
+        out=out,
+        only=args.only,
+        params=params,
+        timeout=args.timeout,
+        rerun=args.rerun,
+        wait=args.wait,
     )
     print(f"run folder: {_show(run_dir)}")
     print(f"summary:    {_show(run_dir / 'summary.md')}")
@@ -691,6 +720,10 @@ def _cmd_html(args: argparse.Namespace) -> int:
             f"run folder {args.run} holds no executed notebooks: give a folder written by "
             "kdbook book --out"
         )
+    from kdbook.runfolder import stale_line
+
+    if (note := stale_line(run)) is not None:
+        print(note)
     print(f"html: {_show(render_html(run))}")
     return 0
 
@@ -853,6 +886,7 @@ def _show(path: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kdbook`` command; return its exit status (0 ok, 1 failure, 2 bad input)."""
+    from kdbook.runfolder import RunFolderBusy
     from kdbook.runner import BookError, format_error
 
     parser = build_parser()
@@ -876,6 +910,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except BookError:
         return 1  # run_book already printed the one-line FAILED report
+    except RunFolderBusy as exc:  # another process writes the folder
+        print(f"kdbook: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as exc:  # bad input: a value, a missing data path
         print(f"kdbook: error: {format_error(exc)}", file=sys.stderr)
         return 2

@@ -311,12 +311,16 @@ def config_from(namespace: Mapping[str, Any]) -> Config:
     shared parameter it declares reaches the configuration, the others take their
     defaults, and the notebook's own parameters (``hint_weight``, ...) are left alone.
     ``threads`` (papermill's ``-p threads 2``) becomes the process's thread setting
-    (:func:`kdbook.runtime.use_threads`).
+    (:func:`kdbook.runtime.use_threads`). ``run_dir`` becomes a private copy when the
+    folder is another process's, or this notebook is an executed copy inside it
+    (:func:`kdbook.runfolder.writable_run_dir`).
     """
+    from kdbook.runfolder import writable_run_dir
     from kdbook.runtime import use_threads
 
     given = {name: namespace[name] for name in FIELDS if name in namespace}
     cfg = make_config(**given)
+    cfg = dataclasses.replace(cfg, run_dir=writable_run_dir(cfg.run_dir))  # one writer a folder
     use_threads(cfg.threads)  # the start of the work: the thread setting of every run after it
     smaller = {k: v for k, v in cpu_sizes(cfg.preset, given.get("device")).items()
                if k in given and given[k] is None}  # fmt: skip  # what the notebook declares

@@ -28,6 +28,7 @@ from kdbook.io import read_json
 from kdbook.kernel import kernel_manager_class
 from kdbook.notebooks import book_dir
 from kdbook.report import _jsonable, write_results
+from kdbook.runfolder import hold
 
 KERNEL_NAME = "python3"
 WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
@@ -587,6 +588,7 @@ def run_book(
     timeout: int = 900,
     notebook_dir: str | Path | None = None,
     rerun: bool = False,
+    wait: bool = False,
 ) -> Path:
     """Execute notebooks with papermill, in book order, into one run folder.
 
@@ -610,6 +612,8 @@ def run_book(
         notebook_dir: where the notebooks are; default the installed book
             (:func:`kdbook.notebooks.book_dir`).
         rerun: run every selected notebook even where an earlier run finished it.
+        wait: when another live process writes the run folder, wait for it instead of
+            refusing (one writer per run folder: :func:`kdbook.runfolder.hold`).
 
     Returns:
         The run folder (absolute).
@@ -618,6 +622,7 @@ def run_book(
         ValueError: bad notebook name, parameter name or value (nothing was run).
         BookError: a notebook failed; its one-line report was printed and the remaining
             notebooks were not run.
+        RunFolderBusy: another live process writes the run folder (and ``wait`` is False).
     """
     _check_timeout(timeout)
     params = dict(params or {})
@@ -626,8 +631,20 @@ def run_book(
 
     if out is None:
         out = Path.cwd() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(out).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with hold(out, wait=wait) as run_dir:
+        _run_held(run_dir, sources, declared, params, timeout, rerun)
+    return run_dir
+
+
+def _run_held(
+    run_dir: Path,
+    sources: Mapping[str, Path],
+    declared: Mapping[str, Mapping[str, Any]],
+    params: dict[str, Any],
+    timeout: int,
+    rerun: bool,
+) -> None:
+    """:func:`run_book`'s work, once it holds the run folder."""
     finished_before = {} if rerun else _finished_notebooks(run_dir, params)
 
     state: dict[str, dict[str, Any]] = {name: {"status": "pending"} for name in declared}
@@ -654,4 +671,3 @@ def run_book(
         write_results(run_dir, status="running", notebooks=state, finished=None)
     write_results(run_dir, status="ok", notebooks=state, finished=_now())
     render_html(run_dir)
-    return run_dir

@@ -16,6 +16,7 @@ from typing import Any
 
 from kdbook.io import read_json, write_json, write_text
 from kdbook.report import _jsonable
+from kdbook.runfolder import hold
 from kdbook.runner import (
     _absolute_dataset,
     _check_book_params,
@@ -295,6 +296,7 @@ def run_sweep(
     reuse_from: str | Path | None = None,
     notebook_dir: str | Path | None = None,
     progress: bool = True,
+    wait: bool = False,
 ) -> Path:
     """Run ``notebook`` once per point of ``grid`` (papermill, in worker processes) and
     gather what each run saved with :func:`~kdbook.report.save_metrics` into
@@ -322,6 +324,8 @@ def run_sweep(
         notebook_dir: where the notebooks are; default the installed book
             (:func:`kdbook.notebooks.book_dir`).
         progress: show a progress bar.
+        wait: when another live process writes ``out``, wait for it instead of refusing
+            (:func:`kdbook.runfolder.hold`).
 
     Returns:
         The path of the table (``out/sweep.csv``): one row per point and seed (or setting),
@@ -330,6 +334,7 @@ def run_sweep(
     Raises:
         ValueError: a bad notebook, parameter name or value, grid, shard or jobs (nothing
             was run).
+        RunFolderBusy: another live process writes ``out`` (and ``wait`` is False).
     """
     ((name, source),) = select_notebooks([notebook], notebook_dir).items()
     declared = notebook_parameters(source)
@@ -337,18 +342,18 @@ def run_sweep(
     _check_sweep(name, declared, grid, params, seeds, jobs, timeout, shard, reuse_from)
     points, names, indices = _grid_plan(name, declared, grid, params, shard)
 
-    out = Path(out).resolve()
     tasks, results = [], {}
-    for index in indices:
-        point = {**params, **points[index]}
-        if _point_complete(out / "runs" / names[index], name, point):
-            results[index] = {"status": "ok", "error": None, "skipped": True}
-            continue
-        task = _prepare_point(out, names[index], name, point, declared, reuse_from)
-        tasks.append({**task, "index": index, "source": str(source), "timeout": timeout})
-    if tasks:
-        results.update(_run_tasks(tasks, jobs, name, out, progress))
-    return _write_table(out, name, indices, names, points, params, results)
+    with hold(out, wait=wait) as out:
+        for index in indices:
+            point = {**params, **points[index]}
+            if _point_complete(out / "runs" / names[index], name, point):
+                results[index] = {"status": "ok", "error": None, "skipped": True}
+                continue
+            task = _prepare_point(out, names[index], name, point, declared, reuse_from)
+            tasks.append({**task, "index": index, "source": str(source), "timeout": timeout})
+        if tasks:
+            results.update(_run_tasks(tasks, jobs, name, out, progress))
+        return _write_table(out, name, indices, names, points, params, results)
 
 
 def merge_sweeps(sources: Sequence[str | Path], out: str | Path) -> Path:

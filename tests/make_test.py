@@ -15,6 +15,7 @@ failed (all logs stay under ``RUN_DIR-logs/``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +37,27 @@ def finished_notebooks(run_dir: Path) -> list[str]:
         return []
     notebooks = results.get("notebooks") or {}
     return [name for name, record in notebooks.items() if record.get("status") == "ok"]
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` -> sha1 of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def rewritten(run_dir: Path, as_written: dict[str, str]) -> list[str]:
+    """Failures when checking the book changed its folder: a file added, removed or changed
+    since the book finished, or a figure or metric newer than summary.md."""
+    from kdbook.runfolder import newer_than_summary
+
+    now = folder_digest(run_dir)
+    changed = sorted(k for k in as_written.keys() | now.keys() if as_written.get(k) != now.get(k))
+    failures = [f"{run_dir}/{name} changed after the book finished" for name in changed]
+    failures += [f"{path} is newer than summary.md" for path in newer_than_summary(run_dir)]
+    return failures
 
 
 def cores() -> int:
@@ -73,6 +95,7 @@ def main(run_dir: Path) -> int:
             print(f"[make test] kdbook book exit {book_rc} after {elapsed()}", flush=True)
             if book_rc:
                 failures.append(f"kdbook book exit {book_rc}")
+            as_written = folder_digest(run_dir)  # nbval must leave the book as it wrote it
         for name, (proc, start) in list(running.items()):
             if (rc := proc.poll()) is None:
                 continue
@@ -107,6 +130,9 @@ def main(run_dir: Path) -> int:
         if book_rc is not None and unit_rc is not None and not running and not waiting:
             break
         time.sleep(POLL_SECONDS)
+
+    if book_rc == 0:
+        failures += rewritten(run_dir, as_written)
 
     print(f"--- pytest tests ({unit_log}) ---")
     print(unit_log.read_text(), end="")
