@@ -247,6 +247,12 @@ def _remove_orphaned_copies() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _copy_if_there(source: str, target: str) -> None:
+    """Copy a file the writer may be replacing or removing right now (gone: skipped)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.copy2(source, target)
+
+
 def private_copy(folder: Path) -> Path:
     """A copy of ``folder`` in the temporary directory (what a notebook reads: checkpoints,
     logits, metrics; not the executed notebooks or the HTML), removed when the process exits.
@@ -258,7 +264,11 @@ def private_copy(folder: Path) -> Path:
     atexit.register(shutil.rmtree, scratch, True)  # a kernel shut down gently
     if folder.is_dir():
         shutil.copytree(
-            folder, scratch, ignore=shutil.ignore_patterns(*NOT_COPIED), dirs_exist_ok=True
+            folder,
+            scratch,
+            ignore=shutil.ignore_patterns(*NOT_COPIED),
+            copy_function=_copy_if_there,
+            dirs_exist_ok=True,
         )
     _COPIES[folder] = scratch
     return scratch
