@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from kdbook.config import PRESETS, resolve_device
-from kdbook.data import CIFAR10_MEAN, CIFAR10_STD, Augment, Dataset, Loader, Split, load_dataset
+from kdbook.data import Dataset, Loader, Split, load_dataset, synthetic_cifar10
 from kdbook.distill import Distiller, cache_teacher_logits
 from kdbook.io import write_json
 from kdbook.models import build_model
@@ -120,34 +120,6 @@ def seed_style_loader(
 
 
 # --- data -----------------------------------------------------------------------------
-
-
-def synthetic_cifar10(num_train: int = 45000, seed: int = 0) -> Dataset:
-    """CIFAR-shaped random data: uint8 ``3 x 32 x 32`` images, 10 classes, CIFAR's settings.
-
-    For timing only (nothing can be learnt from it): it needs no files, and a step costs
-    the same on it as on CIFAR-10. Named ``synthetic-cifar10`` so no table mistakes it for
-    the real data.
-    """
-    if not (isinstance(num_train, int) and num_train >= 1):
-        raise ValueError(f"num_train must be an integer >= 1, got {num_train!r}")
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n: int) -> Split:
-        images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-        return Split(images, torch.randint(0, 10, (n,), generator=g))
-
-    small = max(1, num_train // 10)
-    return Dataset(
-        "synthetic-cifar10",
-        split(num_train),
-        split(small),
-        split(small),
-        [f"class {i}" for i in range(10)],
-        CIFAR10_MEAN,
-        CIFAR10_STD,
-        Augment(pad=4, flip=True),
-    )
 
 
 def bench_data(preset: str, *, synthetic: bool = False, smoke: bool = False) -> Dataset:
@@ -246,7 +218,7 @@ class BenchResult:
     def table(self) -> str:
         """The settings and one line per path, as plain text."""
         s = self.settings
-        data = s["dataset"] + (" (SYNTHETIC random images: timing only)" if s["synthetic"] else "")
+        data = s["dataset"] + (" (SYNTHETIC images: timing only)" if s["synthetic"] else "")
         lines = [
             f"kdbook bench: preset {s['preset']}, data {data}, {s['train_samples']} "
             f"training images of shape {tuple(s['image_shape'])}",

@@ -30,7 +30,7 @@ from kdbook.config import default
 from kdbook.data import Dataset
 from kdbook.evaluate import accuracy, predict
 from kdbook.models import build_model
-from kdbook.train import BaseHook
+from kdbook.train import TimeEstimate
 
 SCRATCH = "student (scratch)"  # the student trained alone: every comparison's reference
 KD = "student (KD)"  # the one method of :func:`compare`
@@ -486,7 +486,7 @@ class _Plan:
 
         kwargs = dict(run.kwargs)
         if not self.timed and kwargs.get("progress") is False:
-            kwargs["hooks"] = [*kwargs.get("hooks", ()), _Estimate(self.alone, self.epochs)]
+            kwargs["hooks"] = [*kwargs.get("hooks", ()), TimeEstimate(self.alone, self.epochs)]
             self.timed = True
         return fit(run.model, self.data, **kwargs)
 
@@ -514,21 +514,6 @@ class _Plan:
         except NotStackable as e:
             print(f"kdbook: {len(group)} runs train one at a time instead ({e})")
             return [self.fit(run) for run in group]
-
-
-class _Estimate(BaseHook):
-    """A hook: after the first epoch of the first run alone, the time all of them need."""
-
-    def __init__(self, runs: int, epochs: int) -> None:
-        self.runs, self.epochs = runs, epochs
-
-    def end_epoch(self, loop: Any, record: dict[str, float]) -> None:
-        if record["epoch"] == 1 and self.runs * self.epochs > 1:
-            first = record["seconds"]
-            print(
-                f"first epoch {first:.1f} s: about {first * self.epochs * self.runs:.0f} s for "
-                f"{self.runs} runs"
-            )
 
 
 def compare(

@@ -78,6 +78,12 @@ CPU_SIZES: dict[str, dict[str, Any]] = {
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
+# CIFAR-shaped made-up images that need no download: 'synthetic-cifar10' (the default size)
+# or 'synthetic-cifar10:N' (N training images), built by kdbook.data.synthetic_cifar10.
+SYNTHETIC_CIFAR10 = "synthetic-cifar10"
+SYNTHETIC_PATTERN = re.compile(rf"^{SYNTHETIC_CIFAR10}(:([1-9]\d*))?$")
+SYNTHETIC_MIN_SIZE = 20  # training images: two of each class at least
+
 
 def _fail(name: str, value: Any, accepted: str) -> None:
     raise ValueError(f"{name} must be {accepted}, got {value!r}")
@@ -93,7 +99,39 @@ def _is_number(value: Any) -> bool:
 
 def _is_dataset_spec(spec: Any) -> bool:
     return isinstance(spec, str) and (
-        spec in ("digits", "cifar10") or (spec.startswith("imagefolder:") and len(spec) > 12)
+        spec in ("digits", "cifar10")
+        or (spec.startswith("imagefolder:") and len(spec) > 12)
+        or synthetic_size(spec) is not None
+    )
+
+
+def synthetic_size(spec: Any) -> int | None:
+    """The training images of a ``synthetic-cifar10[:N]`` spec (0: the default size), else None.
+
+    >>> synthetic_size("synthetic-cifar10:300"), synthetic_size("synthetic-cifar10")
+    (300, 0)
+    >>> synthetic_size("cifar10") is None, synthetic_size("synthetic-cifar10:5") is None
+    (True, True)
+    """
+    match = SYNTHETIC_PATTERN.fullmatch(spec) if isinstance(spec, str) else None
+    if match is None:
+        return None
+    size = int(match.group(2) or 0)
+    return size if size == 0 or size >= SYNTHETIC_MIN_SIZE else None
+
+
+def dataset_note(spec: Any) -> str | None:
+    """What a data set's name does not say on its own, for every line that shows it: the
+    synthetic stand-in for CIFAR-10 is labelled SYNTHETIC; the real data sets have no note.
+
+    >>> dataset_note("synthetic-cifar10:300")[:9], dataset_note("digits")
+    ('SYNTHETIC', None)
+    """
+    if synthetic_size(spec) is None:
+        return None
+    return (
+        "SYNTHETIC: made-up CIFAR-shaped images of 10 made-up classes, not CIFAR-10; "
+        "its numbers say nothing about CIFAR-10"
     )
 
 
@@ -136,10 +174,15 @@ class Param:
 
 
 _INT_GE_1 = "an integer >= 1"
+_DATASETS = (
+    f"'digits', 'cifar10', '{SYNTHETIC_CIFAR10}[:N]' (N >= {SYNTHETIC_MIN_SIZE}) "
+    "or 'imagefolder:PATH'"
+)
 
 PARAMS: tuple[Param, ...] = (
-    Param("dataset", str, None, _is_dataset_spec, "'digits', 'cifar10' or 'imagefolder:PATH'",
-          "'digits', 'cifar10' or 'imagefolder:PATH'; None means the preset's"),
+    Param("dataset", str, None, _is_dataset_spec, _DATASETS,
+          f"'digits', 'cifar10', '{SYNTHETIC_CIFAR10}[:N]' (no download, SYNTHETIC) or "
+          "'imagefolder:PATH'; None means the preset's"),
     Param("preset", str, "classroom", lambda v: v in PRESETS, f"one of {sorted(PRESETS)}",
           "sizes: 'classroom' (digits, CPU), 'cifar10' (GPU), 'imagefolder'"),
     Param("seed", int, 0, lambda v: _is_int(v) and v >= 0, "an integer >= 0",
@@ -162,7 +205,7 @@ PARAMS: tuple[Param, ...] = (
           "images per training step; None means the preset's", fit=True),
     Param("device", str, None, lambda v: isinstance(v, str) and bool(DEVICE_PATTERN.fullmatch(v)),
           "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
-          "'cpu', 'cuda', 'auto'; None means the preset's", fit=True),
+          "'cpu', 'cuda', 'auto' (resolved once, here); None means the preset's", fit=True),
     Param("run_dir", str, "runs/lab", lambda v: isinstance(v, str) and bool(v),
           "a non-empty path", "folder shared by the notebooks of one run", train=False),
     Param("threads", str, "auto", lambda v: v == "auto" or (_is_int(v) and v >= 1),
@@ -260,7 +303,8 @@ def make_config(preset: str = "classroom", **given: Any) -> Config:
             one not given takes its declared default.
 
     Returns:
-        A frozen :class:`Config`.
+        A frozen :class:`Config`. Its ``device`` is one torch accepts: ``'auto'`` is
+        resolved here, once (:func:`resolve_device`), so nothing downstream sees it.
     """
     unknown = sorted(set(given) - set(FIELDS))
     if unknown:
@@ -281,6 +325,8 @@ def make_config(preset: str = "classroom", **given: Any) -> Config:
     if resolved["dataset"] is None:
         _fail("dataset", None, f"given with preset {preset!r} ('imagefolder:PATH')")
     check_params(resolved)
+    if resolved["device"] == "auto":
+        resolved["device"] = resolve_device("auto")
     return Config(**resolved)
 
 
@@ -328,7 +374,51 @@ def config_from(namespace: Mapping[str, Any]) -> Config:
         sizes = ", ".join(f"{k} {v}" for k, v in smaller.items())
         print(f"preset {cfg.preset!r} on a CPU: {sizes} (near a minute a notebook); "
               f"for the full size run with {full_size_options(cfg.preset, smaller)}")  # fmt: skip
+    for line in setup_lines(cfg, given.get("device")):
+        print(line)
     return cfg
+
+
+def setup_lines(cfg: Config, device: str | None = None) -> list[str]:
+    """What a run says before its work, one line each, where there is something to say:
+
+    - the device ``'auto'`` became (``device``: the one given, None for the preset's), and,
+      where a preset made for a GPU trains its full-size teacher on a CPU, that it does and
+      that each training prints its expected time after its first epoch;
+    - a SYNTHETIC data set's label (:func:`dataset_note`).
+
+    :func:`config_from` prints them at the top of every notebook; ``kdbook book`` can print
+    them once before the first.
+    """
+    lines = []
+    requested = device or PRESETS[cfg.preset]["device"]
+    if requested == "auto":
+        found = "a CUDA GPU" if cfg.device.startswith("cuda") else "no CUDA GPU here"
+        line = f"device 'auto' -> {cfg.device!r} ({found})"
+        if (notice := cpu_notice(cfg)) is not None:
+            line += f": {notice}"
+        lines.append(line)
+    elif (notice := cpu_notice(cfg)) is not None:
+        lines.append(f"device {cfg.device!r}: {notice}")
+    if (note := dataset_note(cfg.dataset)) is not None:
+        lines.append(f"dataset {cfg.dataset!r}: {note}")
+    return lines
+
+
+def cpu_notice(cfg: Config) -> str | None:
+    """Where a preset made for a GPU (its device 'auto') trains its full-size teacher on a
+    CPU: that it does, how big that teacher is, and where the time estimate comes from."""
+    preset = PRESETS[cfg.preset]
+    if cfg.device != "cpu" or preset["device"] == "cpu" or cfg.teacher != preset["teacher"]:
+        return None
+    from kdbook.models import build_model, count_params  # local: models imports torch
+
+    params = count_params(build_model(cfg.teacher, 10))
+    return (
+        f"preset {cfg.preset!r} trains its teacher {cfg.teacher} ({params / 1e6:.1f}M parameters) "
+        "on this CPU, which is slow (a GPU is the preset's device); each training prints its "
+        "expected time after its first epoch"
+    )
 
 
 def full_size_options(preset: str, names: Iterable[str] | None = None) -> str:

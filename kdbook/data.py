@@ -2,7 +2,8 @@
 
 ``load_dataset("digits")`` needs nothing on disk (scikit-learn ships the images);
 ``cifar10`` reads torchvision's real ``CIFAR10`` files from ``root``; ``imagefolder:PATH``
-reads a ``train/ val/ test/ <class>/`` tree through torchvision's real ``ImageFolder``.
+reads a ``train/ val/ test/ <class>/`` tree through torchvision's real ``ImageFolder``;
+``synthetic-cifar10[:N]`` makes CIFAR-shaped SYNTHETIC images in seconds (no download).
 
 >>> data = load_dataset("digits")
 >>> data.train.images.dtype, data.train.images.shape[1:], len(data.classes)
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdbook.config import check_dataset_spec
+from kdbook.config import SYNTHETIC_CIFAR10, check_dataset_spec, synthetic_size
 
 UNLABELED = -1  # label of a training sample whose label is hidden (scarce-label experiments)
 
@@ -31,6 +32,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"]
 CIFAR10_FOLDER = "cifar-10-batches-py"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # holds notebooks/ and data/
+SYNTHETIC_CIFAR10_SIZE = 5000  # training images of 'synthetic-cifar10' (':N' chooses N)
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
@@ -384,6 +386,55 @@ def _load_image_folder(path: Path, image_size: int) -> Dataset:
     )
 
 
+def synthetic_cifar10(num_train: int = SYNTHETIC_CIFAR10_SIZE, seed: int = 0) -> Dataset:
+    """SYNTHETIC CIFAR-shaped data: uint8 ``3 x 32 x 32`` images of 10 made-up classes with
+    CIFAR-10's normalisation and augmentation, made here in seconds (no file, no download).
+
+    Each class is a fixed random colour pattern, smooth at the scale of a few pixels; each
+    of its images shows it at a random contrast and a shift of up to 6 pixels, under smooth
+    noise as strong as the pattern. A model can learn it (a teacher does clearly better
+    than chance, and not perfectly), so every chapter runs on it, and a training step costs
+    what it costs on CIFAR-10 (``kdbook bench --synthetic`` times on it). It is not CIFAR-10:
+    its name (``synthetic-cifar10``, ``synthetic-cifar10:N`` for another size) and its class
+    names say so, and :func:`kdbook.config.dataset_note` labels it SYNTHETIC.
+
+    Args:
+        num_train: training images; validation and test have ``num_train // 5`` each (at
+            least 10), and every split holds the classes in equal shares (to one image).
+        seed: the patterns, the images and the labels all follow from it.
+    """
+    if not (isinstance(num_train, int) and num_train >= 1):
+        raise ValueError(f"num_train must be an integer >= 1, got {num_train!r}")
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(10, 3, 4, 4, generator=g) * 2 - 1  # each class's pattern, 4 x 4 blocks
+    patterns = F.interpolate(low, size=32, mode="bilinear", align_corners=False)
+    patterns = patterns / patterns.abs().amax(dim=(1, 2, 3), keepdim=True)
+    shift = Augment(pad=6)
+
+    def split(n: int) -> Split:
+        labels = torch.randperm(n, generator=g) % 10
+        contrast = 0.5 + torch.rand(n, 1, 1, 1, generator=g)
+        noise = F.interpolate(
+            torch.randn(n, 3, 8, 8, generator=g), size=32, mode="bilinear", align_corners=False
+        ) + 0.5 * torch.randn(n, 3, 32, 32, generator=g)
+        x = 60 * contrast * patterns[labels] + 60 * noise  # grey levels around mid-grey
+        x = shift.apply(x, shift.sample(n, g))
+        return Split((128 + x).clamp(0, 255).round().to(torch.uint8), labels)
+
+    small = max(10, num_train // 5)
+    default_size = num_train == SYNTHETIC_CIFAR10_SIZE
+    return Dataset(
+        SYNTHETIC_CIFAR10 if default_size else f"{SYNTHETIC_CIFAR10}:{num_train}",
+        split(num_train),
+        split(small),
+        split(small),
+        [f"synthetic {i}" for i in range(10)],
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+        Augment(pad=4, flip=True),
+    )
+
+
 def load_dataset(
     spec: str,
     root: str | Path = "data",
@@ -395,13 +446,16 @@ def load_dataset(
     """Load a named data set as uint8 tensors with train/val/test splits.
 
     Args:
-        spec: ``"digits"`` (embedded), ``"cifar10"`` (files in ``root``) or
-            ``"imagefolder:PATH"`` (a ``train/ val/ test/ <class>/`` tree).
+        spec: ``"digits"`` (embedded), ``"cifar10"`` (files in ``root``),
+            ``"synthetic-cifar10"`` or ``"synthetic-cifar10:N"`` (made up here, N training
+            images: :func:`synthetic_cifar10`) or ``"imagefolder:PATH"`` (a
+            ``train/ val/ test/ <class>/`` tree).
         root: folder holding downloaded data sets (CIFAR-10); a relative path that does
             not exist from the current folder is taken under the project root.
         val_fraction: share of train carved out as validation (digits, cifar10).
         split_seed: seed of the split, fixed apart from the training seed so that
-            every model in a comparison sees the same split.
+            every model in a comparison sees the same split (of the synthetic images: the
+            seed they are made from).
         image_size: side length ImageFolder images are resized to.
 
     Returns:
@@ -414,6 +468,8 @@ def load_dataset(
         return _load_digits(val_fraction, split_seed)
     if spec == "cifar10":
         return _load_cifar10(resolve_path(root), val_fraction, split_seed)
+    if (size := synthetic_size(spec)) is not None:
+        return synthetic_cifar10(size or SYNTHETIC_CIFAR10_SIZE, seed=split_seed)
     return _load_image_folder(resolve_path(spec.split(":", 1)[1]), image_size)
 
 

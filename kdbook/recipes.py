@@ -16,10 +16,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdbook.checkpoint import History, is_unfinished, load_checkpoint
-from kdbook.config import PRESETS, check_params, resolve_device
+from kdbook.config import PRESETS, check_params, cpu_sizes, resolve_device
 from kdbook.data import Dataset
 from kdbook.models import build_model
-from kdbook.train import fit
+from kdbook.train import TimeEstimate, fit
 
 
 def teacher_from_run(
@@ -32,8 +32,9 @@ def teacher_from_run(
     data set is not reused: it is retrained (and the message says why). An unfinished
     checkpoint (a training that was interrupted) is continued from its last epoch.
 
-    A teacher trained here gets the preset's number of epochs, not ``cfg.num_epochs``: a
-    notebook that shortens its students' training still gets the teacher 02 would train.
+    A teacher trained here gets the preset's number of epochs (its CPU size on a CPU, as
+    02 would train it), not ``cfg.num_epochs``: a notebook that shortens its students'
+    training still gets the teacher 02 would train.
 
     Args:
         cfg: a :class:`kdbook.config.Config`.
@@ -43,7 +44,8 @@ def teacher_from_run(
     Returns:
         The teacher in eval mode and its checkpoint metadata.
     """
-    num_epochs = num_epochs or PRESETS[cfg.preset]["num_epochs"]
+    sizes = PRESETS[cfg.preset] | cpu_sizes(cfg.preset, cfg.device)  # what 02 would train
+    num_epochs = num_epochs or sizes["num_epochs"]
     path = Path(cfg.run_dir) / "teacher.pt"
     unfinished = is_unfinished(path) if path.is_file() else False
     if unfinished:
@@ -71,6 +73,7 @@ def teacher_from_run(
         resume=unfinished,
         progress=progress,
         desc=f"teacher {cfg.teacher}",
+        hooks=[TimeEstimate()],  # its expected time, after the first epoch
     )
     return teacher, load_checkpoint(path, data)[1]
 
@@ -207,6 +210,7 @@ def vit_teacher_from_run(
         checkpoint=Path(cfg.run_dir) / "vit_teacher.pt",
         desc="teacher vit_tiny",
         progress=progress,
+        hooks=[TimeEstimate()],
         **cfg.fit_kwargs(optimizer="adamw", lr=lr, weight_decay=weight_decay),
     )
     return vit, history

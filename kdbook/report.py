@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kdbook.config import dataset_note
 from kdbook.io import read_json, write_json, write_text
 
 MISSING = "–"
@@ -181,6 +182,7 @@ def write_results(
         "started": previous.get("started") if started is _KEEP else started,
         "finished": previous.get("finished") if finished is _KEEP else finished,
         "dataset": config.get("dataset"),
+        "dataset_note": dataset_note(config.get("dataset")),  # SYNTHETIC data says so here
         "preset": config.get("preset"),
         "seed": config.get("seed"),
         "num_seeds": config.get("num_seeds"),
@@ -295,7 +297,8 @@ def _header_lines(results: Mapping[str, Any], name: str) -> list[str]:
         "",
         f"- Status: **{_cell(results.get('status'))}**",
         f"- Date: {_cell(results.get('finished') or results.get('started'))}",
-        f"- Data set: {_cell(results.get('dataset'))}",
+        f"- Data set: {_cell(results.get('dataset'))}"
+        + (f" ({results['dataset_note']})" if results.get("dataset_note") else ""),
         f"- Preset: {_cell(results.get('preset'))}",
         f"- Seeds: {seed_text}",
         f"- Device: {_cell(config.get('device'))}",

@@ -4,8 +4,8 @@
 is a :class:`kdbook.distill.Distiller` (built from ``teacher``, ``temperature``, ``alpha``
 and the rest of the distillation keywords); how a step runs is a
 :class:`kdbook.runtime.Runtime`; what else happens around the steps is a hook:
-:class:`FreezeHead`, :class:`ClipGradNorm`, :class:`TensorBoard` and the per-epoch
-:class:`kdbook.checkpoint.Checkpoint` (``checkpoint=path``).
+:class:`FreezeHead`, :class:`ClipGradNorm`, :class:`TensorBoard`, :class:`TimeEstimate` and the
+per-epoch :class:`kdbook.checkpoint.Checkpoint` (``checkpoint=path``).
 
 >>> from kdbook.data import load_dataset
 >>> from kdbook.models import build_model
@@ -171,6 +171,25 @@ class TensorBoard(BaseHook):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class TimeEstimate(BaseHook):
+    """After the first epoch, the time the whole training will take: ``runs`` trainings
+    (default 1) of ``epochs`` epochs each (default the run's own), printed in one line."""
+
+    def __init__(self, runs: int = 1, epochs: int | None = None) -> None:
+        self.runs, self.epochs = runs, epochs
+
+    def __repr__(self) -> str:
+        return f"TimeEstimate(runs={self.runs}, epochs={self.epochs})"
+
+    def end_epoch(self, loop: Loop, record: dict[str, float]) -> None:
+        epochs = self.epochs or loop.history.settings["num_epochs"]
+        if record["epoch"] != 1 or self.runs * epochs <= 1 or loop.runtime.rank != 0:
+            return
+        first = record["seconds"]
+        what = f"{self.runs} runs" if self.runs > 1 else f"{epochs} epochs"
+        print(f"first epoch {first:.1f} s: about {first * epochs * self.runs:.0f} s for {what}")
 
 
 # --- fit -------------------------------------------------------------------------------

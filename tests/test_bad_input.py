@@ -132,7 +132,7 @@ CASES = [
         ValueError,
         "dataset must be",
         "'mnist'",
-        "'digits', 'cifar10' or 'imagefolder:PATH'",
+        "'digits', 'cifar10', 'synthetic-cifar10[:N]' (N >= 20) or 'imagefolder:PATH'",
     ),
     case(
         "dataset-val-fraction",
@@ -403,7 +403,8 @@ CASES = [
         "config-dataset",
         lambda c: make_config(dataset="imagefolder:"),
         ValueError,
-        "dataset must be 'digits', 'cifar10' or 'imagefolder:PATH', got 'imagefolder:'",
+        "dataset must be 'digits', 'cifar10', 'synthetic-cifar10[:N]' (N >= 20) or "
+        "'imagefolder:PATH', got 'imagefolder:'",
     ),
 ]
 

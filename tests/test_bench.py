@@ -21,10 +21,9 @@ from kdbook.bench import (
     TEACHER_ALONE,
     PILDataset,
     run_bench,
-    synthetic_cifar10,
 )
 from kdbook.cli import main
-from kdbook.data import Loader
+from kdbook.data import Loader, synthetic_cifar10
 from kdbook.distill import cache_teacher_logits
 from kdbook.losses import kd_loss
 from kdbook.models import build_model
@@ -163,7 +162,7 @@ def test_seed_style_samples_match_kdbooks_normalisation(digits, dataset: str) ->
 
 def test_synthetic_cifar10_is_cifar_shaped() -> None:
     data = synthetic_cifar10(64)
-    assert data.name == "synthetic-cifar10"
+    assert data.name == "synthetic-cifar10:64"
     assert data.train.images.shape == (64, 3, 32, 32) and data.train.images.dtype == torch.uint8
     assert data.num_classes == 10 and data.augment.pad == 4 and data.augment.flip
 

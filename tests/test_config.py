@@ -7,13 +7,17 @@ import dataclasses
 import pytest
 
 from kdbook.config import (
+    DEVICE_PATTERN,
     PRESETS,
     Config,
     check_dataset_spec,
     config_from,
     cpu_sizes,
+    dataset_note,
     make_config,
     resolve_device,
+    setup_lines,
+    synthetic_size,
 )
 from kdbook.models import list_models
 
@@ -22,7 +26,8 @@ from kdbook.models import list_models
 def test_none_resolves_from_preset(preset):
     cfg = make_config(preset)
     for name, value in PRESETS[preset].items():
-        assert getattr(cfg, name) == value, name
+        expected = resolve_device(value) if name == "device" else value  # 'auto' resolved once
+        assert getattr(cfg, name) == expected, name
     assert cfg.preset == preset
 
 
@@ -111,9 +116,81 @@ def test_unknown_model_lists_registered_models():
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1", "mps"])
 def test_good_device_strings_pass(device):
     assert make_config(device=device).device == device
+
+
+# Every preset, with the data set it needs, and 'auto' given or left to the preset.
+PRESET_CASES = [
+    {"preset": "classroom"},
+    {"preset": "cifar10"},
+    {"preset": "cifar10", "dataset": "synthetic-cifar10:200"},
+    {"preset": "imagefolder", "dataset": "imagefolder:some/tree"},
+    {"preset": "classroom", "device": "auto"},
+    {"preset": "imagefolder", "dataset": "imagefolder:some/tree", "device": "auto"},
+]
+
+
+@pytest.mark.parametrize("given", PRESET_CASES, ids=lambda g: "-".join(map(str, g.values())))
+def test_the_config_a_notebook_gets_carries_a_device_torch_accepts(given, capsys):
+    """'auto' is resolved once, where the configuration is made: no notebook can pass it on
+    to torch (``.to(cfg.device)``), and config_from says in one line what it became."""
+    import torch
+
+    assert set(PRESETS) == {c["preset"] for c in PRESET_CASES}, "a new preset: add its case"
+    for cfg in (make_config(**given), config_from(given)):
+        assert cfg.device != "auto" and DEVICE_PATTERN.fullmatch(cfg.device)
+        assert torch.device(cfg.device).type in ("cpu", "cuda", "mps")
+        assert cfg.fit_kwargs()["device"] == cfg.device
+        torch.zeros(1).to(
+            cfg.device if cfg.device != "cuda" or torch.cuda.is_available() else "cpu"
+        )
+    out = capsys.readouterr().out
+    auto = given.get("device", PRESETS[given["preset"]]["device"]) == "auto"
+    lines = [line for line in out.splitlines() if line.startswith("device ")]
+    assert len(lines) == (1 if auto else 0), out
+    if auto:
+        assert lines[0].startswith(f"device 'auto' -> {make_config(**given).device!r} (")
+
+
+def test_a_gpu_preset_on_a_cpu_says_it_trains_its_teacher_there_in_one_line(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present here")
+    cfg = config_from({"preset": "cifar10"})
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("device")]
+    assert line.startswith("device 'auto' -> 'cpu' (no CUDA GPU here): preset 'cifar10' trains")
+    assert f"teacher {cfg.teacher} (11.2M parameters) on this CPU" in line
+    assert "expected time after its first epoch" in line
+    # a preset made for the CPU, or a CPU-sized teacher, says nothing of the kind
+    assert setup_lines(make_config()) == []
+    smaller = make_config("imagefolder", dataset="imagefolder:x")
+    assert setup_lines(smaller) == ["device 'auto' -> 'cpu' (no CUDA GPU here)"]
+
+
+@pytest.mark.parametrize(
+    "spec", ["synthetic-cifar10", "synthetic-cifar10:20", "synthetic-cifar10:300"]
+)
+def test_synthetic_cifar10_specs_pass_and_are_labelled_synthetic(spec, capsys):
+    check_dataset_spec(spec)
+    assert synthetic_size(spec) == (0 if spec == "synthetic-cifar10" else int(spec.split(":")[1]))
+    assert dataset_note(spec).startswith("SYNTHETIC: ") and "not CIFAR-10" in dataset_note(spec)
+    config_from({"preset": "cifar10", "dataset": spec})
+    assert f"dataset {spec!r}: SYNTHETIC: " in capsys.readouterr().out
+    assert dataset_note("cifar10") is None and dataset_note("digits") is None
+
+
+@pytest.mark.parametrize(
+    "spec", ["synthetic-cifar10:", "synthetic-cifar10:0", "synthetic-cifar10:19",
+             "synthetic-cifar10:x", "synthetic-cifar10:-5", "synthetic", "synthetic-cifar100"],
+)  # fmt: skip
+def test_bad_synthetic_specs_are_refused(spec):
+    with pytest.raises(
+        ValueError, match=r"dataset must be .*'synthetic-cifar10\[:N\]' \(N >= 20\)"
+    ):
+        check_dataset_spec(spec)
 
 
 @pytest.mark.parametrize("spec", ["digits", "cifar10", "imagefolder:/x", "imagefolder:data/y"])

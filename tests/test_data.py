@@ -20,6 +20,9 @@ from PIL import Image
 from kdbook.data import (
     CIFAR10_FILES,
     CIFAR10_FOLDER,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    SYNTHETIC_CIFAR10_SIZE,
     UNLABELED,
     Augment,
     Loader,
@@ -233,6 +236,38 @@ def test_loader_checks_batch_size_and_empty_split(digits):
         Loader(digits, digits.val, 0)
     with pytest.raises(ValueError, match="no samples"):
         Loader(digits, digits.val.subset(torch.zeros(0, dtype=torch.long)), 4)
+
+
+# -- synthetic-cifar10: made here, labelled SYNTHETIC ---------------------------------------
+
+
+def test_synthetic_cifar10_needs_no_file_and_is_cifar_shaped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing on disk to read
+    check_available("synthetic-cifar10:100")
+    data = load_dataset("synthetic-cifar10:100", root=tmp_path / "nothing-here")
+    assert data.name == "synthetic-cifar10:100"  # the spec: SYNTHETIC in every name shown
+    assert [len(data.train), len(data.val), len(data.test)] == [100, 20, 20]
+    assert data.train.images.shape[1:] == (3, 32, 32) and data.train.images.dtype == torch.uint8
+    assert data.classes == [f"synthetic {i}" for i in range(10)]
+    for split in (data.train, data.val, data.test):
+        counts = split.labels.bincount(minlength=10)
+        assert counts.max() - counts.min() <= 1  # every class, in equal shares
+    assert (data.mean, data.std, data.augment) == (CIFAR10_MEAN, CIFAR10_STD, Augment(4, True))
+    default = load_dataset("synthetic-cifar10")
+    assert default.name == "synthetic-cifar10" and len(default.train) == SYNTHETIC_CIFAR10_SIZE
+
+
+def test_synthetic_cifar10_is_reproducible_and_learnable():
+    """The same images for the same spec; a class can be told from its images (a nearest
+    class-mean rule does far better than chance on test), but not perfectly."""
+    data = load_dataset("synthetic-cifar10:400")
+    again = load_dataset("synthetic-cifar10:400")
+    assert torch.equal(data.train.images, again.train.images)
+    assert torch.equal(data.test.labels, again.test.labels)
+    flat = data.train.images.flatten(1).float()
+    means = torch.stack([flat[data.train.labels == c].mean(0) for c in range(10)])
+    guess = torch.cdist(data.test.images.flatten(1).float(), means).argmin(1)
+    assert 30 < 100 * (guess == data.test.labels).float().mean() < 95
 
 
 # -- CIFAR-10 through torchvision's real CIFAR10 ---------------------------------------------

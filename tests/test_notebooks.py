@@ -173,3 +173,43 @@ def test_config_cell_passes_every_declared_parameter(name: str) -> None:
     for param, value in defaults.items():
         if param in SHARED and value is not None:
             assert getattr(cfg, param) == value, f"config_from(...) does not receive {param}"
+
+
+def _device_misuses(source: str) -> list[str]:
+    """What in a code cell could hand torch a device it does not accept ('auto'): the raw
+    ``device`` parameter read instead of ``cfg.device``, or 'auto' written as a device."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name) and node.id == "device" and isinstance(node.ctx, ast.Load):
+            found.append(f"line {node.lineno}: reads the parameter `device` (use cfg.device)")
+        values = []
+        if isinstance(node, ast.keyword) and node.arg in ("device", "map_location"):
+            values = [node.value]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("to", "device"):
+            values = list(node.args)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "device":
+            values = list(node.args)
+        for value in values:
+            if isinstance(value, ast.Constant) and value.value == "auto":
+                found.append(f"line {node.lineno}: 'auto' given as a device")
+    return found
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_no_cell_can_pass_an_unresolved_device_to_torch(name: str) -> None:
+    """Every cell's device is ``cfg.device``, which make_config resolved ('auto' never
+    reaches a cell: tests/test_config.py checks that for every preset)."""
+    nb = read(name)
+    for cell in nb.cells:
+        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []):
+            continue
+        assert not re.search(r"""device\s*=\s*["']auto["']""", cell.source), cell.id
+        assert _device_misuses(cell.source) == [], f"cell {cell.id}"
+
+
+def test_the_device_check_catches_what_it_is_for() -> None:
+    assert _device_misuses("x.to(cfg.device)\nfit(m, d, device=cfg.device)") == []
+    assert len(_device_misuses("x.to(device)")) == 1
+    assert len(_device_misuses("x.to('auto')")) == 1
+    assert len(_device_misuses("predict(m, d, 'test', device='auto')")) == 1
+    assert len(_device_misuses("torch.device('auto')")) == 1

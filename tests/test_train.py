@@ -14,7 +14,7 @@ from kdbook.data import UNLABELED, Loader
 from kdbook.evaluate import predict
 from kdbook.models import build_model
 from kdbook.recipes import teacher_from_run
-from kdbook.train import ClipGradNorm, fit
+from kdbook.train import ClipGradNorm, TimeEstimate, fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -253,6 +253,28 @@ def test_teacher_from_run_trains_once_then_loads(digits, tmp_path, capsys):
     assert meta2 == meta
     assert not second.training
     torch.testing.assert_close(predict(second, digits), predict(first, digits), rtol=0, atol=0)
+
+
+def test_time_estimate_says_after_the_first_epoch_how_long_the_whole_takes(digits, capsys):
+    fit(tiny(digits), digits, num_epochs=3, progress=False, hooks=[TimeEstimate()])
+    (line,) = capsys.readouterr().out.splitlines()
+    first = float(line.split()[2])
+    assert line.startswith("first epoch ") and line.endswith(" s for 3 epochs")
+    assert line == f"first epoch {first:.1f} s: about {line.split()[5]} s for 3 epochs"
+    fit(tiny(digits), digits, num_epochs=2, progress=False, hooks=[TimeEstimate(runs=4)])
+    assert capsys.readouterr().out.rstrip().endswith(" s for 4 runs")
+    fit(tiny(digits), digits, num_epochs=1, progress=False, hooks=[TimeEstimate()])
+    assert capsys.readouterr().out == ""  # one epoch: nothing left to estimate
+
+
+def test_teacher_from_run_on_a_cpu_trains_the_cpu_size_02_would(digits, tmp_path, capsys):
+    from kdbook.config import CPU_SIZES
+
+    cfg = make_config("imagefolder", dataset="imagefolder:x", device="cpu", teacher="tiny_cnn",
+                      run_dir=str(tmp_path / "run"))  # fmt: skip
+    _, meta = teacher_from_run(cfg, digits, progress=False)
+    assert meta["settings"]["num_epochs"] == CPU_SIZES["imagefolder"]["num_epochs"]
+    assert "first epoch" in capsys.readouterr().out  # its expected time
 
 
 def test_teacher_from_run_retrains_another_architecture(digits, tmp_path, capsys):
