@@ -37,6 +37,7 @@ KD = "student (KD)"  # the one method of :func:`compare`
 GAIN = "gain (KD - scratch)"  # :func:`compare`'s per-seed difference
 REFERENCE = "(reference)"  # a table's cell comparing a run with itself
 SECONDS = " s/epoch"  # per_seed column suffix: a run's mean seconds per epoch
+CHANCE_MARGIN = 5.0  # points above chance at or below which a run's end counts as diverged
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -60,9 +61,16 @@ def summarize(per_seed: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Mean, 95% interval and n over seeds for each of ``columns``."""
     rows = {}
     for col in columns:
-        mean, ci = mean_ci(per_seed[col].tolist())
-        rows[col] = {"mean": mean, "ci95": ci, "n": len(per_seed)}
+        mean, ci = _mean_ci_finite(per_seed[col])
+        rows[col] = {"mean": mean, "ci95": ci, "n": int(per_seed[col].notna().sum())}
     return pd.DataFrame(rows).T.astype({"n": int})
+
+
+def _mean_ci_finite(values: pd.Series) -> tuple[float, float]:
+    """:func:`mean_ci` over the values that are numbers (a diverged run's NaN left out);
+    NaN and NaN when none is."""
+    kept = values.dropna().tolist()
+    return mean_ci(kept) if kept else (math.nan, math.nan)
 
 
 def first_layer_norm(model: nn.Module) -> float:
@@ -102,8 +110,8 @@ def summarize_methods(
     timed = all(f"{m}{SECONDS}" in per_seed.columns for m in [SCRATCH, *methods])
     summary = []
     for name in methods:
-        acc, acc_ci = mean_ci(per_seed[name].tolist())
-        gain, gain_ci = mean_ci((per_seed[name] - per_seed[SCRATCH]).tolist())
+        acc, acc_ci = _mean_ci_finite(per_seed[name])
+        gain, gain_ci = _mean_ci_finite(per_seed[name] - per_seed[SCRATCH])
         entry = {
             "method": name,
             "accuracy": acc,
@@ -112,7 +120,7 @@ def summarize_methods(
             "gain_vs_scratch_ci95": gain_ci,
         }
         if baseline is not None:
-            vs, vs_ci = mean_ci((per_seed[name] - per_seed[baseline]).tolist())
+            vs, vs_ci = _mean_ci_finite(per_seed[name] - per_seed[baseline])
             entry |= {f"gain_vs_{baseline}": vs, f"gain_vs_{baseline}_ci95": vs_ci}
         if timed:
             seconds = per_seed[f"{name}{SECONDS}"].mean()
@@ -120,6 +128,7 @@ def summarize_methods(
                 "s_per_epoch": seconds,
                 "time_ratio_vs_scratch": seconds / per_seed[f"{SCRATCH}{SECONDS}"].mean(),
             }
+        entry["n"] = int(per_seed[name].notna().sum())  # runs that did not diverge
         summary.append(entry)
     return pd.DataFrame(summary).set_index("method")
 
@@ -134,6 +143,8 @@ class Comparison:
     (:func:`summarize_methods`). ``setting`` names the data setting ("5% labels"),
     ``baseline`` the method the others are also measured against. ``models``, when the
     comparison kept them (``keep_models=True``): the trained runs, ``{seed: {run: model}}``.
+    ``diverged``: the runs that diverged, ``{run: [seeds]}`` (NaN in ``per_seed``, left out
+    of every mean and named in every verdict).
     """
 
     per_seed: pd.DataFrame
@@ -141,6 +152,7 @@ class Comparison:
     setting: str = ""
     baseline: str | None = None
     models: dict[int, dict[str, nn.Module]] = field(default_factory=dict, repr=False)
+    diverged: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
     def from_per_seed(
@@ -150,10 +162,13 @@ class Comparison:
         *,
         baseline: str | None = None,
         setting: str = "",
+        diverged: Mapping[str, Sequence[int]] | None = None,
     ) -> Comparison:
         """A comparison of runs gathered by hand (e.g. joined from several comparisons)."""
         methods = [SCRATCH, *(m for m in methods if m != SCRATCH)]
-        return cls(per_seed, summarize_methods(per_seed, methods, baseline), setting, baseline)
+        summary = summarize_methods(per_seed, methods, baseline)
+        failed = {k: list(v) for k, v in (diverged or {}).items()}
+        return cls(per_seed, summary, setting, baseline, diverged=failed)
 
     @property
     def _pair(self) -> bool:
@@ -209,17 +224,29 @@ class Comparison:
         """One flat row for results.json ("comparisons"): ``method`` (default: the only one)
         against scratch. Its ``setting`` is the comparison's setting for :func:`compare`, the
         method's name (with the setting after a comma, when there is one) otherwise."""
+        from kdbook.report import method_verdict
+
         method = self._method(method)
         s = self.stats()
+        name = "KD" if self._pair else method
+        gain, ci95 = self._gain(method)
+        caveats = [self.diverged_note(m) for m in (SCRATCH, method) if self.diverged_note(m)]
+        if math.isnan(ci95):
+            caveats.append("one seed: no interval")
         return {
             "setting": self._label(method),
+            "method": name,
+            "baseline": "student alone",
+            "split": "test",
             "num_seeds": len(self.per_seed),
             "scratch_mean": s.loc[SCRATCH, "accuracy"],
             "scratch_ci95": s.loc[SCRATCH, "accuracy_ci95"],
             "kd_mean": s.loc[method, "accuracy"],
             "kd_ci95": s.loc[method, "accuracy_ci95"],
-            "gain_mean": self._gain(method)[0],
-            "gain_ci95": self._gain(method)[1],
+            "gain_mean": gain,
+            "gain_ci95": ci95,
+            "verdict": method_verdict(name, gain, ci95),
+            "caveat": "; ".join(caveats),
         }
 
     def rows(self) -> list[dict[str, float | int | str]]:
@@ -246,12 +273,28 @@ class Comparison:
         """Plain words for a method's gain over scratch: helps, inside seed noise, or hurts."""
         from kdbook.report import verdict  # the one rule, shared with summary.md
 
-        gain, ci = self._gain(self._method(method))
+        method = self._method(method)
+        gain, ci = self._gain(method)
+        failed = self.diverged_note(method)
+        if math.isnan(gain):
+            return failed or "no run finished: nothing to judge"
+        prefix = f"{failed}; on the others: " if failed else ""
         if math.isnan(ci):
-            return f"one seed, no interval: gain {gain:+.1f} points (run more seeds to judge)"
+            return (
+                f"{prefix}one seed, no interval: gain {gain:+.1f} points (run more seeds to judge)"
+            )
         word = verdict(gain, ci)
         relation = "includes" if word == "inside seed noise" else "excludes"
-        return f"{word}: gain {gain:+.1f} ± {ci:.1f} points {relation} 0"
+        return f"{prefix}{word}: gain {gain:+.1f} ± {ci:.1f} points {relation} 0"
+
+    def diverged_note(self, method: str) -> str:
+        """``'DKD diverged on 7 of 10 seeds (1, 2, ...)'`` for a method (or scratch) with
+        diverged runs, else ``''``."""
+        seeds = self.diverged.get(method, [])
+        if not seeds:
+            return ""
+        listed = ", ".join(str(s) for s in seeds)
+        return f"{method} diverged on {len(seeds)} of {len(self.per_seed)} seeds ({listed})"
 
     def verdicts(self, *, relative: bool = False, key: str | None = None) -> dict[str, dict]:
         """Per run: the verdict word against scratch (``"vs_scratch"``) and, with a baseline,
@@ -303,7 +346,7 @@ class Comparison:
                 two recipes of one student, e.g. fp32 and bf16) instead of "KD helps/hurts".
             scratch: what the columns call the reference run.
         """
-        from kdbook.report import format_interval, verdict
+        from kdbook.report import ACCURACY_RANGE, format_interval, verdict
 
         s, base = self.stats(), self.baseline
 
@@ -311,7 +354,10 @@ class Comparison:
             return [format_interval(m, c, signed=True, unit="") for m, c in _pairs(s, column)]
 
         cols: dict[str, Any] = {
-            "accuracy (%)": [format_interval(m, c, unit="") for m, c in _pairs(s, "accuracy")],
+            "accuracy (%)": [
+                format_interval(m, c, unit="", within=ACCURACY_RANGE)
+                for m, c in _pairs(s, "accuracy")
+            ],
             f"gain over {scratch} (points)": gains("gain_vs_scratch"),
             f"vs {scratch}": [
                 relative_verdict(m, c, scratch) if relative else verdict(m, c)
@@ -381,28 +427,94 @@ def compare_methods(
         and 95% interval, the paired gain over scratch and over ``baseline`` (e.g. plain
         logit KD), and the mean seconds per epoch with its ratio to scratch.
     """
-    if not seeds:
-        raise ValueError("seeds must name at least one seed, got []")
     if baseline is not None and baseline not in methods:
         raise ValueError(f"baseline must be one of {list(methods)}, got {baseline!r}")
     if "test" not in splits or not set(splits) <= {"val", "test"}:
         raise ValueError(f"splits must be ('test',) or ('val', 'test'), got {splits!r}")
+    runs = train_recipes(
+        student, data, {SCRATCH: {}, **methods}, seeds=seeds, splits=splits, setting=setting,
+        progress=progress, keep_models=keep_models, stack=stack, **fit_kwargs,
+    )  # fmt: skip
+    result = Comparison.from_per_seed(
+        runs.per_seed, list(methods), baseline=baseline, setting=setting, diverged=runs.diverged
+    )
+    result.models = runs.models
+    return result
+
+
+@dataclass
+class Runs:
+    """What :func:`train_recipes` trained: ``per_seed`` (indexed by seed: ``init_norm``, one
+    accuracy column per run and split, its seconds per epoch when it trained alone), the
+    runs that diverged (:func:`diverged`: ``{run: [seeds]}``, their accuracies NaN in
+    ``per_seed``), and the models when kept (``{seed: {run: model}}``)."""
+
+    per_seed: pd.DataFrame
+    diverged: dict[str, list[int]]
+    models: dict[int, dict[str, nn.Module]] = field(default_factory=dict, repr=False)
+
+
+def chance_accuracy(labels: torch.Tensor) -> float:
+    """The accuracy (%) of always answering the most frequent class of ``labels``."""
+    labels = labels[labels >= 0]
+    return 100.0 * torch.bincount(labels).max().item() / max(len(labels), 1)
+
+
+def diverged(history: Any, val_accuracy: float, chance: float) -> bool:
+    """A run diverged when a training loss went non-finite, or its validation accuracy ends
+    at or below ``chance`` + :data:`CHANCE_MARGIN` points (one constant answer, or close)."""
+    losses = [e.get("train_loss", 0.0) for e in history.epochs]
+    return not all(math.isfinite(x) for x in losses) or not val_accuracy > chance + CHANCE_MARGIN
+
+
+def train_recipes(
+    student: str,
+    data: Dataset,
+    recipes: Mapping[str, Mapping[str, Any]],
+    *,
+    seeds: Sequence[int],
+    splits: Sequence[str] = ("test",),
+    setting: str = "",
+    progress: bool = True,
+    keep_models: bool = False,
+    stack: bool = True,
+    **fit_kwargs: Any,
+) -> Runs:
+    """Train one copy of ``student`` per recipe and seed, every copy of a seed from the same
+    weights, and measure each on ``splits`` (``("val",)`` while tuning: the test split
+    unread). The machinery of :func:`compare_methods` (its plan, what stacks, the time
+    estimate); a run that :func:`diverged` is named in ``Runs.diverged`` and its accuracies
+    are NaN, never a number averaged into a verdict."""
+    if not seeds:
+        raise ValueError("seeds must name at least one seed, got []")
+    if not splits or not set(splits) <= {"val", "test"}:
+        raise ValueError(f"splits must name 'val' and/or 'test', got {splits!r}")
     fit_kwargs.setdefault("progress", False)
-    recipes = {SCRATCH: {}, **methods}
     plan = _Plan(student, data, recipes, seeds, fit_kwargs, stack)
     if progress:
         print(plan.describe(setting))
     rows: dict[int, dict[str, Any]] = {}
     models: dict[int, dict[str, nn.Module]] = {}
+    failed: dict[str, list[int]] = {}
+    chance = chance_accuracy(data.val.labels)
     desc = f"{setting}: runs" if setting else "runs"
     bar = tqdm(total=len(seeds) * len(recipes), desc=desc, disable=not progress)
+    main = "test" if "test" in splits else "val"  # the split whose accuracy is the run's column
 
     def record(run: _Run, history: Any) -> None:
         row = rows[run.seed]
-        for split in splits:
-            labels = getattr(data, split).labels
-            acc = accuracy(predict(run.model, data, split, plan.device), labels)
-            row[run.name if split == "test" else f"{run.name} ({split})"] = acc
+        accuracies = {
+            split: accuracy(
+                predict(run.model, data, split, plan.device), getattr(data, split).labels
+            )
+            for split in splits
+        }
+        val = accuracies.get("val", history.epochs[-1].get("val_acc", math.inf))
+        if diverged(history, val, chance):
+            failed.setdefault(run.name, []).append(run.seed)
+            accuracies = dict.fromkeys(accuracies, math.nan)
+        for split, acc in accuracies.items():
+            row[run.name if split == main else f"{run.name} ({split})"] = acc
         row[f"{run.name}{SECONDS}"] = statistics.fmean(e["seconds"] for e in history.epochs)
         if keep_models:
             models.setdefault(run.seed, {})[run.name] = run.model
@@ -430,9 +542,7 @@ def compare_methods(
     per_seed = pd.DataFrame([rows[seed] for seed in seeds]).set_index("seed")
     if stacked:  # runs that shared a step have no time of their own
         per_seed = per_seed.drop(columns=[c for c in per_seed.columns if c.endswith(SECONDS)])
-    result = Comparison.from_per_seed(per_seed, list(methods), baseline=baseline, setting=setting)
-    result.models = models
-    return result
+    return Runs(per_seed, {name: sorted(s) for name, s in failed.items()}, models)
 
 
 @dataclass
@@ -560,4 +670,4 @@ def compare(
     per_seed = runs.per_seed[["init_norm", SCRATCH, KD]].copy()
     per_seed[GAIN] = per_seed[KD] - per_seed[SCRATCH]
     summary = summarize(per_seed, [SCRATCH, KD, GAIN])
-    return Comparison(per_seed, summary, setting, models=runs.models)
+    return Comparison(per_seed, summary, setting, models=runs.models, diverged=runs.diverged)

@@ -124,12 +124,12 @@ def _merge_metrics(
     """The config, model rows and comparison rows of every notebook's metrics, merged.
 
     The last config wins; model rows are merged by model name (a later notebook fills a
-    field); comparison rows are kept by setting (a later notebook's row wins).
+    field); comparison rows are kept per notebook and setting, each with its ``notebook``.
     """
     config: dict[str, Any] = {}
     models: dict[str, dict[str, Any]] = {}
     comparisons: dict[str, dict[str, Any]] = {}
-    for data in metrics.values():
+    for notebook, data in metrics.items():
         if isinstance(data.get("config"), dict):
             config = data["config"]
         for row in data.get("models") or []:
@@ -140,7 +140,8 @@ def _merge_metrics(
             merged.update({k: v for k, v in row.items() if v is not None})
         for row in data.get("comparisons") or []:
             if isinstance(row, dict):
-                comparisons[str(row.get("setting", len(comparisons)))] = row
+                key = f"{notebook}: {row.get('setting', len(comparisons))}"
+                comparisons[key] = {"notebook": notebook, **row}
     return config, list(models.values()), list(comparisons.values())
 
 
@@ -236,8 +237,23 @@ def _seconds(x: Any) -> str:
     return MISSING if v is None else f"{v:,.1f}"
 
 
-def format_interval(mean: Any, ci95: Any, *, signed: bool = False, unit: str = " %") -> str:
-    """Format a percentage and its 95% half-width: (93.42, 1.5) -> '93.4 ± 1.5 %'."""
+TOO_FEW_SEEDS = "too few seeds to say"
+ACCURACY_RANGE = (0.0, 100.0)
+
+
+def format_interval(
+    mean: Any,
+    ci95: Any,
+    *,
+    signed: bool = False,
+    unit: str = " %",
+    within: tuple[float, float] | None = None,
+) -> str:
+    """Format a percentage and its 95% half-width: (93.42, 1.5) -> '93.4 ± 1.5 %'.
+
+    ``within``: the range the quantity lives in (:data:`ACCURACY_RANGE` for an accuracy);
+    an interval that runs past it says so: '62.6 ± 112.5 % (too few seeds to say)'.
+    """
     m = _num(mean)
     if m is None:
         return MISSING
@@ -245,7 +261,14 @@ def format_interval(mean: Any, ci95: Any, *, signed: bool = False, unit: str = "
     c = _num(ci95)
     if c is not None:
         text += f" ± {c:.1f}"
-    return text + unit
+    text += unit
+    if c is not None and within is not None and (m - c < within[0] or m + c > within[1]):
+        text += f" ({TOO_FEW_SEEDS})"
+    return text
+
+
+def _accuracy(mean: Any, ci95: Any) -> str:
+    return format_interval(mean, ci95, within=ACCURACY_RANGE)
 
 
 def verdict(gain_mean: Any, gain_ci95: Any) -> str:
@@ -263,6 +286,13 @@ def verdict(gain_mean: Any, gain_ci95: Any) -> str:
     if m + abs(c) < 0:
         return "KD hurts"
     return "inside seed noise"
+
+
+def method_verdict(method: str, gain_mean: Any, gain_ci95: Any) -> str:
+    """:func:`verdict` naming the method compared: ``'DKD hurts'``, ``'KD helps'``,
+    ``'inside seed noise'`` (never "KD hurts" on a DKD row)."""
+    word = verdict(gain_mean, gain_ci95)
+    return word.replace("KD ", f"{method} ", 1) if word.startswith("KD ") else word
 
 
 # --------------------------------------------------------------------------- summary.md
@@ -320,7 +350,7 @@ def _model_lines(models: Sequence[Mapping[str, Any]]) -> list[str]:
             [
                 m.get("model"),
                 m.get("arch"),
-                format_interval(m.get("accuracy_mean"), m.get("accuracy_ci95")),
+                _accuracy(m.get("accuracy_mean"), m.get("accuracy_ci95")),
                 m.get("num_seeds"),
                 human_count(m.get("params")),
                 human_count(m.get("flops")),
@@ -336,20 +366,28 @@ def _comparison_lines(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
     if not comparisons:
         return []
     intro = [
-        "Student trained with KD against the same student trained alone from the same",
-        "initial weights; mean ± 95% interval over seeds. Gain is in percentage points.",
+        "Each method against its baseline (the same student trained alone from the same",
+        "initial weights, unless the row names another), as each notebook finally reported it;",
+        "mean ± 95% interval over seeds, decided on the split named. Gain in percentage points.",
         "",
     ]
     return intro + _table(
-        ["setting", "seeds", "scratch", "KD", "gain", "verdict"],
+        ["notebook", "setting", "method", "seeds", "baseline", "method's", "gain", "verdict"]
+        + ["split", "caveat"],
         [
             [
+                c.get("notebook", ""),
                 c.get("setting"),
+                c.get("method", "KD"),
                 c.get("num_seeds"),
-                format_interval(c.get("scratch_mean"), c.get("scratch_ci95")),
-                format_interval(c.get("kd_mean"), c.get("kd_ci95")),
+                f"{c.get('baseline', 'student alone')}: "
+                + _accuracy(c.get("scratch_mean"), c.get("scratch_ci95")),
+                _accuracy(c.get("kd_mean"), c.get("kd_ci95")),
                 format_interval(c.get("gain_mean"), c.get("gain_ci95"), signed=True, unit=" pt"),
-                verdict(c.get("gain_mean"), c.get("gain_ci95")),
+                c.get("verdict")
+                or method_verdict(c.get("method", "KD"), c.get("gain_mean"), c.get("gain_ci95")),
+                c.get("split", "test"),
+                c.get("caveat", ""),
             ]
             for c in comparisons
         ],

@@ -480,15 +480,15 @@ def sweep_view(summary: pd.DataFrame, temperature: float, alpha: float) -> dict[
 
 def describe_sweep(view: Mapping[str, Any]) -> str:
     """The chosen cell in words: KD, scratch, the gain with its interval, and a verdict."""
-    from kdbook.report import format_interval, verdict
+    from kdbook.report import ACCURACY_RANGE, format_interval, verdict
 
     c = view["cell"]
     if c is None:
         return f"T = {view['temperature']:g}, alpha = {view['alpha']:g}: no result in the sweep"
     return (
         f"T = {view['temperature']:g}, alpha = {view['alpha']:g} ({int(c['n'])} seeds): "
-        f"KD {format_interval(c['kd_mean'], c['kd_ci95'])}, "
-        f"scratch {format_interval(c['scratch_mean'], c['scratch_ci95'])}, "
+        f"KD {format_interval(c['kd_mean'], c['kd_ci95'], within=ACCURACY_RANGE)}, "
+        f"scratch {format_interval(c['scratch_mean'], c['scratch_ci95'], within=ACCURACY_RANGE)}, "
         f"gain {format_interval(c['gain_mean'], c['gain_ci95'], signed=True, unit=' points')}"
         f" -> {verdict(c['gain_mean'], c['gain_ci95'])}"
     )

@@ -185,7 +185,10 @@ def test_success_writes_results_and_summary(
         summary
     )
     assert "| student (scratch) | tiny_cnn | 90.0 ± 2.0 % | 5 | 690 | – | – | – |" in summary
-    assert "| T=4 | 5 | 90.0 ± 2.0 % | 93.0 ± 1.0 % | +3.0 ± 1.0 pt | KD helps |" in summary
+    assert (
+        "| T=4 | KD | 5 | student alone: 90.0 ± 2.0 % | 93.0 ± 1.0 % | +3.0 ± 1.0 pt | KD helps |"
+        in summary.replace("| 01_first | T=4", "| T=4")
+    )
     assert "| inside seed noise |" in summary and "| KD hurts |" in summary
     assert "| 01_train | ok |" in summary
     assert "![curve](figures/curve.png)" in summary
@@ -401,6 +404,11 @@ def test_number_formatting() -> None:
     assert format_interval(93.4, None) == "93.4 %"
     assert format_interval(-1.2, 0.4, signed=True, unit=" pt") == "-1.2 ± 0.4 pt"
     assert format_interval(None, 0.1) == "–"
+    assert format_interval(62.6, 112.5, within=(0.0, 100.0)) == (
+        "62.6 ± 112.5 % (too few seeds to say)"
+    )
+    assert format_interval(98.0, 2.5, within=(0.0, 100.0)).endswith("(too few seeds to say)")
+    assert format_interval(93.4, 1.5, within=(0.0, 100.0)) == "93.4 ± 1.5 %"
 
 
 def test_render_summary_escapes_table_cells() -> None:

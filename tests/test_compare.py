@@ -69,7 +69,7 @@ def test_compare_on_digits(digits, monkeypatch):
 
     monkeypatch.setattr(kdbook.train, "fit", recording_fit)
     result = compare(
-        "tiny_cnn", teacher, digits, seeds=[0, 1], num_epochs=1, setting="test", progress=False,
+        "tiny_cnn", teacher, digits, seeds=[0, 1], num_epochs=3, setting="test", progress=False,
         stack=False,  # one fit per run, each recorded (tests/test_stack.py: side by side)
     )  # fmt: skip
     # Per seed: one scratch and one KD run, starting from identical weights.
@@ -160,7 +160,7 @@ def test_compare_methods_shares_the_start_and_gives_fresh_adapters(digits) -> No
         },
         seeds=[0, 1],
         baseline="logit KD",
-        num_epochs=1,
+        num_epochs=3,
         stack=False,  # each run timed alone: the time ratios
     )
     assert len(made) == 2 and made[0] is not made[1], "one fresh adapter per seed"
@@ -231,6 +231,7 @@ def test_summarize_methods_against_hand_computed_values() -> None:
         "gain_vs_A_ci95",
         "s_per_epoch",
         "time_ratio_vs_scratch",
+        "n",
     ]
     assert s["accuracy"].tolist() == pytest.approx([81.0, 84.0, 244 / 3])
     sd_b = math.sqrt(((80.5 - 244 / 3) ** 2 + (81 - 244 / 3) ** 2 + (82.5 - 244 / 3) ** 2) / 2)
@@ -282,6 +283,14 @@ def test_rows_and_seed_rows_of_several_methods() -> None:
     c = hand_built()
     rows = c.rows()
     assert [r["setting"] for r in rows] == ["A, 5% labels", "B, 5% labels"]
+    words = {k: rows[0].pop(k) for k in ("method", "baseline", "split", "verdict", "caveat")}
+    assert words == {
+        "method": "A",
+        "baseline": "student alone",
+        "split": "test",
+        "verdict": "A helps",  # the method's own name, never "KD" on another method's row
+        "caveat": "",
+    }
     assert rows[0] == pytest.approx(
         {
             "setting": "A, 5% labels",
@@ -294,7 +303,7 @@ def test_rows_and_seed_rows_of_several_methods() -> None:
             "gain_ci95": 0.0,
         }
     )
-    assert rows[1] == c.row("B")
+    assert rows[1] == c.row("B") and rows[1]["verdict"] == "inside seed noise"
     assert [r["setting"] for r in hand_built(setting="").rows()] == ["A", "B"]
     seed_rows = c.seed_rows()
     assert len(seed_rows) == 6
@@ -396,9 +405,13 @@ def test_plot_draws_every_run(monkeypatch) -> None:
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == [SCRATCH, "A", "B"]
     assert fig.axes[0].get_xlabel() == "test accuracy (%)"
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # a figure left open would count in the widget tests' open-figure check
 
 
 def test_compare_methods_keeps_models_and_measures_other_splits(digits, monkeypatch) -> None:
+    import kdbook.compare
     import kdbook.train
     from kdbook.compare import compare_methods
     from kdbook.evaluate import accuracy, predict
@@ -412,6 +425,7 @@ def test_compare_methods_keeps_models_and_measures_other_splits(digits, monkeypa
         return History()
 
     monkeypatch.setattr(kdbook.train, "fit", fake_fit)
+    monkeypatch.setattr(kdbook.compare, "CHANCE_MARGIN", -100.0)  # untrained, not diverged
     result = compare_methods(
         "tiny_cnn", digits, {"kd": {"teacher": object()}}, seeds=[0, 1], progress=False,
         keep_models=True, splits=("val", "test"), setting="s", stack=False,
@@ -426,3 +440,50 @@ def test_compare_methods_keeps_models_and_measures_other_splits(digits, monkeypa
     assert result.rows()[0]["setting"] == "kd, s"
     with pytest.raises(ValueError, match=r"splits must be \('test',\) or \('val', 'test'\)"):
         compare_methods("tiny_cnn", digits, {}, seeds=[0], splits=("val",))
+
+
+def test_a_diverged_run_is_named_and_never_averaged(digits, monkeypatch) -> None:
+    """A run whose loss went non-finite, or whose validation accuracy ends at chance, is NaN
+    in per_seed, left out of the means, counted in ``n`` and named in the verdict."""
+    import kdbook.train
+    from kdbook.compare import compare_methods
+
+    class History:
+        def __init__(self, loss: float) -> None:
+            self.epochs = [{"seconds": 1.0, "train_loss": loss}]
+
+    def fake_fit(model, data, *, seed, teacher=None, **kwargs):
+        # Answers the true class of every image, except "bad" at seeds 1 and 2 (a constant
+        # answer) and at seed 3 (a NaN loss, its answers still right).
+        bad = teacher == "bad"
+        model.forward = lambda x, m=model: _oracle(m, x, data, constant=bad and seed in (1, 2))
+        return History(math.nan if bad and seed == 3 else 0.5)
+
+    monkeypatch.setattr(kdbook.train, "fit", fake_fit)
+    result = compare_methods(
+        "tiny_cnn", digits, {"good": {"teacher": "good"}, "bad": {"teacher": "bad"}},
+        seeds=[0, 1, 2, 3], progress=False, stack=False, baseline="good", splits=("val", "test"),
+    )  # fmt: skip
+    assert result.diverged == {"bad": [1, 2, 3]}
+    assert result.per_seed["bad"].isna().tolist() == [False, True, True, True]
+    assert result.summary.loc["bad", "n"] == 1 and result.summary.loc["good", "n"] == 4
+    assert result.summary.loc["bad", "accuracy"] == 100.0  # seed 0 alone
+    assert result.verdict("bad").startswith("bad diverged on 3 of 4 seeds (1, 2, 3); on the others")
+    assert result.verdict("good").startswith("inside seed noise")
+
+
+def _oracle(model, x, data, constant: bool):
+    """Logits that answer each image's true label (looked up by its pixels), or always 0."""
+    import torch
+
+    logits = torch.zeros(len(x), data.num_classes)
+    if constant:
+        logits[:, 0] = 1.0
+        return logits
+    for split in (data.train, data.val, data.test):
+        images = data.normalize(split.images).to(x.dtype)
+        for i, image in enumerate(x):
+            hit = (images == image).flatten(1).all(1).nonzero()
+            if len(hit):
+                logits[i, split.labels[hit[0, 0]]] = 1.0
+    return logits

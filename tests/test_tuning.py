@@ -1,0 +1,101 @@
+"""The tuning protocol: equal budgets, choice on validation, diverged settings never chosen,
+the test split unread until the final comparison, bad input refused before any training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import kdbook.compare
+import kdbook.evaluate
+from kdbook.compare import SCRATCH
+from kdbook.distill import DKD
+from kdbook.tuning import Method, check_methods, draw, tune
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started before the input was checked")
+
+    monkeypatch.setattr(kdbook.compare, "train_recipes", refuse)
+    monkeypatch.setattr("kdbook.tuning.train_recipes", refuse)
+
+
+ALONE = Method(SCRATCH, {"lr": [0.05, 0.1]})
+
+
+@pytest.mark.parametrize(
+    ("methods", "budget", "message"),
+    [
+        ([ALONE], 0, "budget must be an integer >= 1, got 0"),
+        ([ALONE], 3, "has 2 settings, fewer than the budget 3"),
+        ([ALONE, Method("KD", {"temprature": [2.0, 4.0]})], 2, "unknown setting 'temprature'"),
+        ([ALONE, Method("KD", {"lr": []})], 1, "setting 'lr' must list one or more values"),
+        ([ALONE, Method("KD", {"lr": [0.1, -1.0]})], 1, "lr must be a number > 0, got -1.0"),
+        ([ALONE, Method("KD", {"alpha": [0.5, 2.0]})], 1, r"alpha must be a number in \[0, 1\]"),
+        ([Method("KD", {"lr": [0.1]})], 1, "must include the student alone"),
+        (
+            [ALONE, Method("DKD", {"beta": [1.0, -2.0]}, lambda beta: {"terms": [DKD(beta=beta)]})],
+            1,
+            "beta",
+        ),
+    ],
+)
+def test_bad_input_is_refused_before_training(digits, no_training, methods, budget, message):
+    with pytest.raises(ValueError, match=message):
+        check_methods(methods, budget)
+    with pytest.raises(ValueError, match=message):
+        tune("tiny_cnn", digits, methods, budget=budget, seeds=[0])
+
+
+def test_every_method_gets_the_same_budget_drawn_the_same_way():
+    kd = Method("KD", {"lr": [0.02, 0.05, 0.1], "temperature": [1.0, 2.0, 4.0, 8.0]})
+    picked = draw(kd, 4)
+    assert len(picked) == 4 and picked == draw(kd, 4)  # fixed by the method's name
+    assert len({tuple(p.items()) for p in picked}) == 4
+    assert draw(ALONE, 2) == [{"lr": 0.05}, {"lr": 0.1}]  # the whole grid when it is the budget
+
+
+def test_tune_chooses_on_validation_and_never_a_diverged_setting(digits, teacher, monkeypatch):
+    read = []
+    real_predict = kdbook.evaluate.predict
+
+    def spy(model, data, split="test", device="cpu"):
+        read.append(split if isinstance(split, str) else "split")
+        return real_predict(model, data, split, device)
+
+    monkeypatch.setattr(kdbook.compare, "predict", spy)
+    methods = [
+        Method(SCRATCH, {"lr": [0.05, 0.1]}),
+        Method("KD", {"lr": [50.0, 0.1]}, {"teacher": teacher}),  # lr 50 diverges
+    ]
+    tuning = tune("tiny_cnn", digits, methods, budget=2, seeds=[0, 1], num_epochs=4, progress=False)
+    assert set(read) == {"val"}  # tuning never reads the test split
+    trials = tuning.trials.set_index(["method", "setting"])
+    assert trials.loc[("KD", "lr 50"), "diverged"] == 2
+    assert math.isnan(trials.loc[("KD", "lr 50"), "val_mean"])
+    assert tuning.chosen["KD"] == {"lr": 0.1}
+    alone = trials.loc[SCRATCH]
+    assert tuning.chosen[SCRATCH] == {"lr": float(alone["val_mean"].idxmax().split()[1])}
+    assert tuning.table().loc[("KD", "lr 50"), "diverged"] == "2 of 2"
+    choices = tuning.choices()
+    assert (choices["settings tried (budget)"] == 2).all()
+    assert choices.loc["KD", "chosen on validation"] == "lr 0.1"
+    curve = tuning.best_so_far()
+    assert list(curve.index) == [1, 2]
+    assert curve["KD"].iloc[-1] == trials.loc[("KD", "lr 0.1"), "val_mean"]
+
+    read.clear()
+    final = tuning.compare(seeds=[0, 1, 2], num_epochs=4, progress=False)
+    assert "test" in read
+    assert list(final.per_seed.index) == [0, 1, 2] and "KD" in final.per_seed.columns
+
+
+def test_a_method_that_diverges_everywhere_has_no_choice(digits, teacher):
+    methods = [Method(SCRATCH, {"lr": [0.1]}), Method("KD", {"lr": [50.0]}, {"teacher": teacher})]
+    tuning = tune("tiny_cnn", digits, methods, budget=1, seeds=[0], num_epochs=2, progress=False)
+    assert "KD" not in tuning.chosen
+    assert tuning.unchosen["KD"] == "none: diverged at every one of its 1 settings"
+    assert tuning.choices().loc["KD", "chosen on validation"].startswith("none")
