@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdbook.config import check_dataset_spec
+from kdbook.config import UNLABELED, check_dataset_spec
 
-UNLABELED = -1  # label of a training sample whose label is hidden (scarce-label experiments)
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # source 1's normalisation
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdbook.config import UNLABELED
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -331,8 +333,6 @@ def _count(
     y: torch.Tensor,
     logs: dict[str, torch.Tensor | float],
 ) -> None:
-    from kdbook.data import UNLABELED
-
     n = len(y)
     labelled = y != UNLABELED
     result.loss += loss.item() * n

@@ -273,9 +273,9 @@ def loss_view(
         hard, loss, soft grad norm, hard grad norm, grad norm; ``curve`` a DataFrame indexed
         by T with the gradient norm of the whole loss for both variants.
     """
-    from kdbook.losses import _check
+    from kdbook.losses import check_temperature_alpha
 
-    _check(temperature, alpha)
+    check_temperature_alpha(temperature, alpha)
     variants = {"with T^2": True, "without T^2": False}
     args = (student_logits, teacher_logits, targets)
     table = pd.DataFrame(
