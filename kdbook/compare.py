@@ -30,6 +30,9 @@ from kdbook.config import default
 from kdbook.data import Dataset
 from kdbook.evaluate import accuracy, predict
 from kdbook.models import build_model
+from kdbook.stats import format_interval, verdict
+from kdbook.stats import mean_ci as mean_ci
+from kdbook.stats import relative_verdict as relative_verdict
 from kdbook.train import BaseHook
 
 SCRATCH = "student (scratch)"  # the student trained alone: every comparison's reference
@@ -37,23 +40,6 @@ KD = "student (KD)"  # the one method of :func:`compare`
 GAIN = "gain (KD - scratch)"  # :func:`compare`'s per-seed difference
 REFERENCE = "(reference)"  # a table's cell comparing a run with itself
 SECONDS = " s/epoch"  # per_seed column suffix: a run's mean seconds per epoch
-
-
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of its ``confidence`` interval (Student's t over len(values) - 1).
-
-    With one value the half-width is NaN: one seed says nothing about the spread.
-    """
-    from scipy.stats import t
-
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("values must hold at least one number, got []")
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    sem = statistics.stdev(values) / math.sqrt(len(values))
-    return mean, float(t.ppf(0.5 + confidence / 2, len(values) - 1) * sem)
 
 
 def summarize(per_seed: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -68,20 +54,6 @@ def summarize(per_seed: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 def first_layer_norm(model: nn.Module) -> float:
     """Norm of the first weight tensor: equal numbers show two models start alike."""
     return next(p for p in model.parameters() if p.dim() > 1).norm().item()
-
-
-def relative_verdict(gain_mean: Any, gain_ci95: Any, than: str | None = None) -> str:
-    """kdbook's verdict rule (:func:`kdbook.report.verdict`) for any two recipes, in words.
-
-    ``'better'`` (the interval of the paired difference is above 0), ``'worse'`` (below),
-    with ``' than <than>'`` when a name is given, else the rule's own words
-    (``'inside seed noise'``, or ``'–'`` for a missing number).
-    """
-    from kdbook.report import verdict  # the one rule, shared with summary.md
-
-    word = verdict(gain_mean, gain_ci95)
-    suffix = f" than {than}" if than else ""
-    return {"KD helps": f"better{suffix}", "KD hurts": f"worse{suffix}"}.get(word, word)
 
 
 def summarize_methods(
@@ -244,8 +216,6 @@ class Comparison:
 
     def verdict(self, method: str | None = None) -> str:
         """Plain words for a method's gain over scratch: helps, inside seed noise, or hurts."""
-        from kdbook.report import verdict  # the one rule, shared with summary.md
-
         gain, ci = self._gain(self._method(method))
         if math.isnan(ci):
             return f"one seed, no interval: gain {gain:+.1f} points (run more seeds to judge)"
@@ -257,8 +227,6 @@ class Comparison:
         """Per run: the verdict word against scratch (``"vs_scratch"``) and, with a baseline,
         against it (under ``key``, default ``"vs_<baseline>"``; ``relative``: in the words of
         :func:`relative_verdict`)."""
-        from kdbook.report import verdict
-
         s, out = self.stats(), {}
         for name, row in s.iterrows():
             out[name] = {"vs_scratch": verdict(row["gain_vs_scratch"], row["gain_vs_scratch_ci95"])}
@@ -275,8 +243,6 @@ class Comparison:
         pair: the difference seed by seed, its mean and 95% interval, the verdict
         (:func:`relative_verdict`) and the ratio of their seconds per epoch.
         """
-        from kdbook.report import format_interval
-
         s, rows = self.stats(), {}
         for what, (with_it, without_it) in pairs.items():
             for run in (with_it, without_it):
@@ -303,8 +269,6 @@ class Comparison:
                 two recipes of one student, e.g. fp32 and bf16) instead of "KD helps/hurts".
             scratch: what the columns call the reference run.
         """
-        from kdbook.report import format_interval, verdict
-
         s, base = self.stats(), self.baseline
 
         def gains(column: str) -> list[str]:

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from kdbook.config import UNLABELED, check_dataset_spec
 
-
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # source 1's normalisation
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # source 4's normalisation

@@ -452,7 +452,7 @@ def check_mean_ci(values: Sequence[float], mean: float | None, ci95: float | Non
     """
     from scipy.stats import t as student_t
 
-    from kdbook.compare import mean_ci
+    from kdbook.stats import mean_ci
 
     values = [float(v) for v in values]
     if len(values) < 2:

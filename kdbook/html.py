@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbook.io import read_json, write_text
-from kdbook.report import _seconds
+from kdbook.stats import format_seconds
 
 HTML_DIR = "html"
 STATIC_DIR: Path = Path(__file__).resolve().parent / "static"
@@ -123,7 +123,7 @@ def _chapter_list(run_dir: Path, items: Sequence[tuple[str, str]]) -> str:
         info = status.get(name) or {}
         note = info.get("status") or ""
         if info.get("seconds") is not None:
-            note += f", {_seconds(info['seconds'])} s"
+            note += f", {format_seconds(info['seconds'])} s"
         chapters.append(
             f'<li><a href="{name}.html">{escape(title)}</a> '
             f'<span class="status">{escape(name)}{" · " + escape(note) if note else ""}</span></li>'

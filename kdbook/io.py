@@ -64,6 +64,7 @@ def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
+
 def tensor_digest(tensors: list[torch.Tensor]) -> str:
     """sha1 of the tensors' bytes (any dtype, any device): what a checkpoint and a logit
     cache record of the labels and teacher weights they were made from."""

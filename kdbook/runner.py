@@ -27,7 +27,7 @@ from kdbook.html import render_html
 from kdbook.io import read_json
 from kdbook.kernel import kernel_manager_class
 from kdbook.notebooks import book_dir
-from kdbook.report import _jsonable, write_results
+from kdbook.report import jsonable, write_results
 from kdbook.runfolder import hold
 
 KERNEL_NAME = "python3"
@@ -537,7 +537,7 @@ def _finished_notebooks(run_dir: Path, params: Mapping[str, Any]) -> dict[str, d
         previous = read_json(path)
     except (OSError, ValueError):
         return {}
-    if previous.get("parameters") != _jsonable(dict(params)):
+    if previous.get("parameters") != jsonable(dict(params)):
         return {}
     notebooks = previous.get("notebooks") or {}
     return {n: dict(v) for n, v in notebooks.items() if v.get("status") == "ok"}

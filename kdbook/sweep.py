@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbook.io import read_json, write_json, write_text
-from kdbook.report import _jsonable
+from kdbook.report import jsonable
 from kdbook.runfolder import hold
 from kdbook.runner import (
     _absolute_dataset,
@@ -121,7 +121,7 @@ def _point_complete(run_dir: Path, notebook: str, parameters: Mapping[str, Any])
     if not (record.is_file() and (run_dir / "metrics" / f"{notebook}.json").is_file()):
         return False
     try:
-        return read_json(record).get("parameters") == _jsonable(parameters)
+        return read_json(record).get("parameters") == jsonable(parameters)
     except ValueError:
         return False
 
@@ -144,7 +144,7 @@ def _prepare_point(
     for checkpoint in sorted(Path(reuse_from).glob("*.pt")) if reuse_from else []:
         if not (run_dir / checkpoint.name).exists():
             shutil.copy2(checkpoint, run_dir / checkpoint.name)
-    write_json(run_dir / POINT_FILE, {"notebook": notebook, "parameters": _jsonable(point)})
+    write_json(run_dir / POINT_FILE, {"notebook": notebook, "parameters": jsonable(point)})
     nb_params = {**point, "run_dir": str(run_dir)} if "run_dir" in declared else point
     target = out / "points" / f"{point_dir}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
