@@ -550,8 +550,8 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from kdbook.runfolder import refuse_if_busy
-    from kdbook.sweep import merge_sweeps, parse_shard, run_sweep
+    from kdbook.machinery.runfolder import refuse_if_busy
+    from kdbook.machinery.sweep import merge_sweeps, parse_shard, run_sweep
 
     if args.merge:
         if args.notebook or args.grid:
@@ -592,8 +592,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_book(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from kdbook.runfolder import refuse_if_busy, stale_line
-    from kdbook.runner import run_book
+    from kdbook.machinery.runfolder import refuse_if_busy, stale_line
+    from kdbook.machinery.runner import run_book
 
     out = Path(args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     if not args.wait:
@@ -616,7 +616,7 @@ def _cmd_book(args: argparse.Namespace) -> int:
 
 
 def _cmd_notebooks(args: argparse.Namespace) -> int:
-    from kdbook.notebooks import copy_notebooks
+    from kdbook.machinery.installed import copy_notebooks
 
     report = copy_notebooks(args.folder, force=args.force)
     for line in report.lines():
@@ -628,7 +628,7 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
 def _cmd_lab(args: argparse.Namespace) -> int:
     import subprocess
 
-    from kdbook.notebooks import copy_notebooks, lab_command
+    from kdbook.machinery.installed import copy_notebooks, lab_command
 
     folder = Path(args.folder)
     if not (folder.is_dir() and any(folder.glob("*.ipynb"))):
@@ -638,7 +638,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    from kdbook.runner import notebook_parameters, select_notebooks
+    from kdbook.machinery.selection import notebook_parameters, select_notebooks
 
     sources = select_notebooks([args.notebook] if args.notebook else None)
     for i, (name, source) in enumerate(sources.items()):
@@ -712,7 +712,7 @@ def _cmd_bench_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_html(args: argparse.Namespace) -> int:
-    from kdbook.html import render_html
+    from kdbook.machinery.html import render_html
 
     run = Path(args.run)
     if not run.is_dir() or not any(run.glob("*.ipynb")):
@@ -720,7 +720,7 @@ def _cmd_html(args: argparse.Namespace) -> int:
             f"run folder {args.run} holds no executed notebooks: give a folder written by "
             "kdbook book --out"
         )
-    from kdbook.runfolder import stale_line
+    from kdbook.machinery.runfolder import stale_line
 
     if (note := stale_line(run)) is not None:
         print(note)
@@ -886,8 +886,8 @@ def _show(path: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kdbook`` command; return its exit status (0 ok, 1 failure, 2 bad input)."""
-    from kdbook.runfolder import RunFolderBusy
-    from kdbook.runner import BookError, format_error
+    from kdbook.machinery.errors import BookError, format_error
+    from kdbook.machinery.runfolder import RunFolderBusy
 
     parser = build_parser()
     try:

@@ -175,7 +175,7 @@ def test_compare_methods_shares_the_start_and_gives_fresh_adapters(digits) -> No
 
 
 def test_seed_rows_flatten_the_per_seed_table() -> None:
-    from kdbook.sweep import metrics_rows
+    from kdbook.machinery.sweep import metrics_rows
 
     rows = synthetic([2.0, -1.0]).seed_rows()
     assert rows == [

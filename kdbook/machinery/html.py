@@ -149,7 +149,7 @@ def render_html(run_dir: str | Path) -> Path:
     JupyterLab look; saved widget state drawn by the vendored ``@jupyter-widgets/html-manager``
     in ``html/static/embed.js``), and ``figures/``. No page loads anything from a network:
     no CDN script, no MathJax (formulas stay as typed). Called by
-    :func:`kdbook.runner.run_book` at the end of a run; call it again on any run folder
+    :func:`kdbook.machinery.runner.run_book` at the end of a run; call it again on any run folder
     (``render_html("runs/ci")``).
 
     Returns:
