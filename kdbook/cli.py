@@ -695,7 +695,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_runs(args: argparse.Namespace) -> int:
-    from kdbook.bench_runs import bench_seeds, bench_threads
+    from kdbook.bench.runs import bench_seeds, bench_threads
 
     if args.seeds is not None and args.thread_choice:
         raise ValueError("--seeds and --thread-choice measure different things: give one")

@@ -142,7 +142,7 @@ def bench_seeds(
 def _imagefolder_on_cpu(num_epochs: int):
     """The ``imagefolder`` preset's CPU sizes on 480 CIFAR-shaped random images (3 x 32 x 32,
     a small photo tree's size): the mid-sized runs between the classroom's and a GPU's."""
-    from kdbook.bench import synthetic_cifar10
+    from kdbook.bench.data import synthetic_cifar10
     from kdbook.models import build_model
     from kdbook.train import fit
 
