@@ -96,6 +96,37 @@ def summarize_methods(
     return pd.DataFrame(summary).set_index("method")
 
 
+def paired_gain(with_it: pd.Series, without_it: pd.Series) -> tuple[pd.Series, float, float]:
+    """``with_it - without_it`` seed by seed, its mean and 95% half-width (:func:`mean_ci`)."""
+    diff = with_it - without_it
+    gain, ci95 = mean_ci(diff.tolist())
+    return diff, gain, ci95
+
+
+def paired(
+    table: pd.DataFrame,
+    measure: str,
+    first: tuple,
+    second: tuple,
+    *,
+    by: Sequence[str] = ("run", "when", "seed"),
+) -> str:
+    """``first - second`` of ``measure``, seed by seed, in words: mean, 95% interval, verdict.
+
+    ``table`` holds one row per run and seed (columns ``by``, the last one the seed);
+    ``first`` and ``second`` name two runs by the other columns, e.g. ``(KD, "after")``
+    (notebook 13's class bias). :meth:`Comparison.differences` is the same rule for the runs
+    of a comparison.
+
+    Returns:
+        e.g. ``'+2.1 ± 1.3 points -> better'``.
+    """
+    values = table.set_index(list(by))[measure].sort_index()
+    _, gain, ci95 = paired_gain(values.loc[first], values.loc[second])
+    verdict_words = relative_verdict(gain, ci95)
+    return f"{format_interval(gain, ci95, signed=True, unit=' points')} -> {verdict_words}"
+
+
 @dataclass
 class Comparison:
     """Paired runs over seeds from the same initial weights: the student alone and methods.
@@ -247,8 +278,7 @@ class Comparison:
         for what, (with_it, without_it) in pairs.items():
             for run in (with_it, without_it):
                 self._method(run)
-            diff = self.per_seed[with_it] - self.per_seed[without_it]
-            gain, ci95 = mean_ci(diff.tolist())
+            diff, gain, ci95 = paired_gain(self.per_seed[with_it], self.per_seed[without_it])
             rows[what] = {
                 "with it - without it, per seed (points)": ", ".join(f"{d:+.1f}" for d in diff),
                 "mean ± 95% interval (points)": format_interval(gain, ci95, signed=True, unit=""),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from kdbook.distill.cache import (
     LogitCache,
     cache_teacher_logits,
+    stored_views,
 )
 from kdbook.distill.distiller import (
     ALPHA,
@@ -66,4 +67,5 @@ __all__ = [
     "list_terms",
     "register_term",
     "setting",
+    "stored_views",
 ]

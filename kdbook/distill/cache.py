@@ -141,3 +141,16 @@ def cache_teacher_logits(
         atomic_write(path, lambda f: torch.save(cache.to_dict(), f))
     _plain_note(views)
     return cache
+
+
+def stored_views(cfg, teacher: Any, data: Dataset, views: int | None = None) -> LogitCache:
+    """The teacher's logits on ``views`` stored augmented views of every training image.
+
+    Notebook 12's consistent teaching: one view per epoch by default (``cfg.num_epochs``),
+    drawn at ``cfg.seed`` on ``cfg.device``, so the student sees exactly what the teacher
+    saw. Notebooks 13 and 14 pass the result as ``teacher=``.
+    """
+    views = cfg.num_epochs if views is None else views
+    return cache_teacher_logits(
+        teacher, data, views=views, seed=cfg.seed, device=cfg.device, progress=False
+    )

@@ -17,7 +17,7 @@ from kdbook.io import read_json, write_text
 from kdbook.stats import format_seconds
 
 HTML_DIR = "html"
-STATIC_DIR: Path = Path(__file__).resolve().parent / "static"
+STATIC_DIR: Path = Path(__file__).resolve().parent.parent / "static"  # kdbook/static
 
 
 def _notebook_title(nb: Any, fallback: str) -> str:
