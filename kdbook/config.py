@@ -76,7 +76,6 @@ CPU_SIZES: dict[str, dict[str, Any]] = {
     "imagefolder": {"image_size": 32, "num_epochs": 5, "teacher": "simple_resnet"},
 }
 
-UNLABELED = -1  # label of a training sample whose label is hidden (scarce-label experiments)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 

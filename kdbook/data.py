@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdbook.config import UNLABELED, check_dataset_spec
+from kdbook.config import check_dataset_spec
+from kdbook.runtime import UNLABELED
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # source 1's normalisation
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)

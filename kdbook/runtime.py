@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdbook.config import UNLABELED
-
+# the label of a training sample whose label is hidden (scarce-label experiments); it lives
+# here, where the step counts labelled samples, so that no import circles; kdbook.data re-exports it
+UNLABELED = -1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 
