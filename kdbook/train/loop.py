@@ -115,7 +115,7 @@ def fit(
 
     ``checkpoint``: the file rewritten atomically after every epoch; ``resume`` (default
     True) continues an unfinished run of the same settings or returns a finished one
-    (:class:`kdbook.checkpoint.Checkpoint`). ``hooks``: :class:`FreezeHead`,
+    (:class:`kdbook.train.hooks.Checkpoint`). ``hooks``: :class:`FreezeHead`,
     :class:`ClipGradNorm`, :class:`TensorBoard` or your own (:class:`Hook`).
 
     Every argument is checked before any work, with one eval-mode forward pass of the model
