@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 TIMING = re.compile(
-    r"seconds|^s$|_s$|s/epoch|\bms\b|_ms|latency|images/s|img/s|speed|time|date|started|"
+    r"seconds|^s$|_s$|s/epoch|per_epoch|\bms\b|_ms|latency|images/s|img/s|speed|time|date|started|"
     r"finished|version|path|run_dir|host|python|torch|platform|hash|duration|elapsed|"
     r"throughput|threads|cores|^source$",  # source: the notebook file's digest
     re.I,
