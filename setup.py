@@ -3,7 +3,7 @@
 ``notebooks/`` at the top of the repository stays the one copy of the book in git. Building
 the package (``pip install .``, ``python -m build``) copies ``notebooks/*.ipynb`` into the
 built package as ``kdbook/book/``; an editable install (``pip install -e .``) copies nothing,
-and ``kdbook.notebooks.book_dir()`` finds the repository's ``notebooks/`` instead.
+and ``kdbook.machinery.installed.book_dir()`` finds the repository's ``notebooks/`` instead.
 """
 
 from __future__ import annotations

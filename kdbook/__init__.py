@@ -1,7 +1,7 @@
 """kdbook: the helper package of a hands-on knowledge distillation workbook.
 
 Importing it changes no global state; the notebooks import the modules they need,
-e.g. ``from kdbook.losses import kd_loss``. ``kdbook.notebooks.book_dir()`` says where the
+e.g. ``from kdbook.losses import kd_loss``. ``kdbook.machinery.installed.book_dir()`` says where the
 book's notebooks are installed.
 """
 

@@ -9,19 +9,15 @@ Whether a checkpoint continues a run is decided by the run's recorded settings
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from kdbook.data import Dataset
 from kdbook.io import atomic_write
-
-if TYPE_CHECKING:
-    from kdbook.train import Loop
 
 # Recorded settings that a resumed run may change (everything else must match).
 NOT_RESUME_SETTINGS = frozenset({"world_size"})
@@ -45,15 +41,6 @@ class History:
         import pandas as pd
 
         return pd.DataFrame(self.epochs).set_index("epoch")
-
-
-def tensor_digest(tensors: list[torch.Tensor]) -> str:
-    """sha1 of the tensors' bytes (any dtype, any device)."""
-    h = hashlib.sha1()
-    for t in tensors:
-        h.update(str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def check_fits(state_dict: dict[str, torch.Tensor], model: nn.Module) -> None:
@@ -87,7 +74,7 @@ def _meta(model: nn.Module, data: Dataset, history: History | None) -> dict[str,
     return meta
 
 
-def _save(
+def write_checkpoint(
     path: str | Path,
     model: nn.Module,
     data: Dataset,
@@ -112,7 +99,7 @@ def save_checkpoint(
     (:func:`kdbook.train.fit` with ``checkpoint=`` writes the same file plus the run needed
     to resume.)
     """
-    return _save(path, model, data, history, None)
+    return write_checkpoint(path, model, data, history, None)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -203,117 +190,3 @@ def settings_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
         for k in names
         if saved.get(k) != wanted.get(k)
     )
-
-
-# --- the per-epoch checkpoint of fit (a hook) ------------------------------------------
-
-
-class Checkpoint:
-    """fit's hook for ``checkpoint=path``: the run saved after every epoch, resumed on start.
-
-    The file holds the model, the loss terms' parameters (adapters), the history, and,
-    until the run finishes, the optimizer, schedule, scaler and random states. ``resume``
-    (default True) continues an unfinished run of the same settings from its next epoch, or
-    returns a finished one as it is; a checkpoint of other settings is overwritten, and
-    the message says why.
-    """
-
-    def __init__(self, path: str | Path, resume: bool | None = None) -> None:
-        self.path, self.resume = Path(path), resume is not False
-
-    def settings(self) -> dict[str, Any]:
-        return {}
-
-    def check(self, model: nn.Module) -> None:
-        pass
-
-    def say(self, loop: Loop, message: str) -> None:
-        if loop.runtime.rank == 0:
-            print(message)
-
-    def start(self, loop: Loop) -> int:
-        """Restore a matching run; return its epochs done (0: start afresh)."""
-        if not (self.resume and self.path.exists()):
-            return 0
-        try:
-            blob = read_checkpoint(self.path)
-            run = blob.get("run")
-            if not isinstance(run, dict):
-                raise ValueError("it holds no training run (saved by save_checkpoint)")
-            mismatch = settings_mismatch(blob["meta"].get("settings", {}), loop.history.settings)
-            if mismatch:
-                raise ValueError(f"its settings differ: {mismatch}")
-            if run.get("fingerprint") != loop.fingerprint:
-                raise ValueError("its training labels or teacher weights differ")
-            check_fits(blob["state_dict"], loop.model)
-            terms = loop.student.terms
-            if len(terms.state_dict()):
-                check_fits(run["terms"], terms)
-            if not run["finished"]:  # load nothing until every check has passed
-                loop.opt.load_state_dict(run["optimizer"])
-                loop.sched.load_state_dict(run["scheduler"])
-                if "scaler" in run:
-                    loop.runtime.scaler.load_state_dict(run["scaler"])
-            loop.model.load_state_dict(blob["state_dict"])
-            if len(terms.state_dict()):
-                terms.load_state_dict(run["terms"])
-        except (ValueError, RuntimeError, KeyError) as e:
-            self.say(loop, f"checkpoint {self.path}: not resuming ({e}); training from epoch 1")
-            return 0
-        loop.history.epochs[:] = run["history"]
-        done = run["epoch"]
-        if run["finished"]:
-            self.say(
-                loop,
-                f"checkpoint {self.path}: this run already finished ({done} epochs); not training",
-            )
-            return done
-        self._set_rng(loop, run["rng"])
-        total = loop.history.settings["num_epochs"]
-        self.say(loop, f"checkpoint {self.path}: resuming after epoch {done} of {total}")
-        return done
-
-    def before_step(self, loop: Loop) -> None:
-        pass
-
-    def end_epoch(self, loop: Loop, record: dict[str, float]) -> None:
-        if loop.runtime.rank != 0:
-            return
-        finished = record["epoch"] == loop.history.settings["num_epochs"]
-        run: dict[str, Any] = {
-            "epoch": len(loop.history.epochs),
-            "finished": finished,
-            "history": [dict(e) for e in loop.history.epochs],
-            "fingerprint": loop.fingerprint,
-        }
-        terms = loop.student.terms.state_dict()
-        if terms:
-            run["terms"] = {k: v.detach().cpu() for k, v in terms.items()}
-        if not finished:  # what continuing needs; a finished run keeps only its result
-            run["optimizer"] = loop.opt.state_dict()
-            run["scheduler"] = loop.sched.state_dict()
-            if loop.runtime.scaler.is_enabled():
-                run["scaler"] = loop.runtime.scaler.state_dict()
-            run["rng"] = self._rng(loop)
-        _save(self.path, loop.model, loop.data, loop.history, run)
-
-    def end(self, loop: Loop) -> None:
-        pass
-
-    @staticmethod
-    def _rng(loop: Loop) -> dict[str, torch.Tensor]:
-        rng = {"torch": torch.get_rng_state(), "loader": loop.loader.generator.get_state()}
-        rng |= loop.distiller.rng_state()
-        device = loop.runtime.device
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        return rng
-
-    @staticmethod
-    def _set_rng(loop: Loop, rng: dict[str, torch.Tensor]) -> None:
-        torch.set_rng_state(rng["torch"])
-        loop.loader.generator.set_state(rng["loader"])
-        loop.distiller.set_rng_state(rng)
-        device = loop.runtime.device
-        if device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], device)

@@ -14,47 +14,27 @@ scratch (and over a baseline method), verdicts in words and the training cost.
 
 from __future__ import annotations
 
-import copy
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from kdbook.config import default
 from kdbook.data import Dataset
-from kdbook.evaluate import accuracy, predict
-from kdbook.models import build_model
-from kdbook.train import TimeEstimate
+from kdbook.paired_runs import SECONDS as SECONDS
+from kdbook.paired_runs import Runs as Runs
+from kdbook.paired_runs import first_layer_norm as first_layer_norm
+from kdbook.paired_runs import train_recipes
+from kdbook.stats import ACCURACY_RANGE, format_interval, method_verdict, verdict
+from kdbook.stats import mean_ci as mean_ci
+from kdbook.stats import relative_verdict as relative_verdict
 
 SCRATCH = "student (scratch)"  # the student trained alone: every comparison's reference
 KD = "student (KD)"  # the one method of :func:`compare`
 GAIN = "gain (KD - scratch)"  # :func:`compare`'s per-seed difference
 REFERENCE = "(reference)"  # a table's cell comparing a run with itself
-SECONDS = " s/epoch"  # per_seed column suffix: a run's mean seconds per epoch
-CHANCE_MARGIN = 5.0  # points above chance at or below which a run's end counts as diverged
-
-
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of its ``confidence`` interval (Student's t over len(values) - 1).
-
-    With one value the half-width is NaN: one seed says nothing about the spread.
-    """
-    from scipy.stats import t
-
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("values must hold at least one number, got []")
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan
-    sem = statistics.stdev(values) / math.sqrt(len(values))
-    return mean, float(t.ppf(0.5 + confidence / 2, len(values) - 1) * sem)
 
 
 def summarize(per_seed: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -71,25 +51,6 @@ def _mean_ci_finite(values: pd.Series) -> tuple[float, float]:
     NaN and NaN when none is."""
     kept = values.dropna().tolist()
     return mean_ci(kept) if kept else (math.nan, math.nan)
-
-
-def first_layer_norm(model: nn.Module) -> float:
-    """Norm of the first weight tensor: equal numbers show two models start alike."""
-    return next(p for p in model.parameters() if p.dim() > 1).norm().item()
-
-
-def relative_verdict(gain_mean: Any, gain_ci95: Any, than: str | None = None) -> str:
-    """kdbook's verdict rule (:func:`kdbook.report.verdict`) for any two recipes, in words.
-
-    ``'better'`` (the interval of the paired difference is above 0), ``'worse'`` (below),
-    with ``' than <than>'`` when a name is given, else the rule's own words
-    (``'inside seed noise'``, or ``'–'`` for a missing number).
-    """
-    from kdbook.report import verdict  # the one rule, shared with summary.md
-
-    word = verdict(gain_mean, gain_ci95)
-    suffix = f" than {than}" if than else ""
-    return {"KD helps": f"better{suffix}", "KD hurts": f"worse{suffix}"}.get(word, word)
 
 
 def summarize_methods(
@@ -131,6 +92,37 @@ def summarize_methods(
         entry["n"] = int(per_seed[name].notna().sum())  # runs that did not diverge
         summary.append(entry)
     return pd.DataFrame(summary).set_index("method")
+
+
+def paired_gain(with_it: pd.Series, without_it: pd.Series) -> tuple[pd.Series, float, float]:
+    """``with_it - without_it`` seed by seed, its mean and 95% half-width (:func:`mean_ci`)."""
+    diff = with_it - without_it
+    gain, ci95 = mean_ci(diff.tolist())
+    return diff, gain, ci95
+
+
+def paired(
+    table: pd.DataFrame,
+    measure: str,
+    first: tuple,
+    second: tuple,
+    *,
+    by: Sequence[str] = ("run", "when", "seed"),
+) -> str:
+    """``first - second`` of ``measure``, seed by seed, in words: mean, 95% interval, verdict.
+
+    ``table`` holds one row per run and seed (columns ``by``, the last one the seed);
+    ``first`` and ``second`` name two runs by the other columns, e.g. ``(KD, "after")``
+    (notebook 13's class bias). :meth:`Comparison.differences` is the same rule for the runs
+    of a comparison.
+
+    Returns:
+        e.g. ``'+2.1 ± 1.3 points -> better'``.
+    """
+    values = table.set_index(list(by))[measure].sort_index()
+    _, gain, ci95 = paired_gain(values.loc[first], values.loc[second])
+    verdict_words = relative_verdict(gain, ci95)
+    return f"{format_interval(gain, ci95, signed=True, unit=' points')} -> {verdict_words}"
 
 
 @dataclass
@@ -224,8 +216,6 @@ class Comparison:
         """One flat row for results.json ("comparisons"): ``method`` (default: the only one)
         against scratch. Its ``setting`` is the comparison's setting for :func:`compare`, the
         method's name (with the setting after a comma, when there is one) otherwise."""
-        from kdbook.report import method_verdict
-
         method = self._method(method)
         s = self.stats()
         name = "KD" if self._pair else method
@@ -271,8 +261,6 @@ class Comparison:
 
     def verdict(self, method: str | None = None) -> str:
         """Plain words for a method's gain over scratch: helps, inside seed noise, or hurts."""
-        from kdbook.report import verdict  # the one rule, shared with summary.md
-
         method = self._method(method)
         gain, ci = self._gain(method)
         failed = self.diverged_note(method)
@@ -300,8 +288,6 @@ class Comparison:
         """Per run: the verdict word against scratch (``"vs_scratch"``) and, with a baseline,
         against it (under ``key``, default ``"vs_<baseline>"``; ``relative``: in the words of
         :func:`relative_verdict`)."""
-        from kdbook.report import verdict
-
         s, out = self.stats(), {}
         for name, row in s.iterrows():
             out[name] = {"vs_scratch": verdict(row["gain_vs_scratch"], row["gain_vs_scratch_ci95"])}
@@ -318,14 +304,11 @@ class Comparison:
         pair: the difference seed by seed, its mean and 95% interval, the verdict
         (:func:`relative_verdict`) and the ratio of their seconds per epoch.
         """
-        from kdbook.report import format_interval
-
         s, rows = self.stats(), {}
         for what, (with_it, without_it) in pairs.items():
             for run in (with_it, without_it):
                 self._method(run)
-            diff = self.per_seed[with_it] - self.per_seed[without_it]
-            gain, ci95 = mean_ci(diff.tolist())
+            diff, gain, ci95 = paired_gain(self.per_seed[with_it], self.per_seed[without_it])
             rows[what] = {
                 "with it - without it, per seed (points)": ", ".join(f"{d:+.1f}" for d in diff),
                 "mean ± 95% interval (points)": format_interval(gain, ci95, signed=True, unit=""),
@@ -346,8 +329,6 @@ class Comparison:
                 two recipes of one student, e.g. fp32 and bf16) instead of "KD helps/hurts".
             scratch: what the columns call the reference run.
         """
-        from kdbook.report import ACCURACY_RANGE, format_interval, verdict
-
         s, base = self.stats(), self.baseline
 
         def gains(column: str) -> list[str]:
@@ -440,190 +421,6 @@ def compare_methods(
     )
     result.models = runs.models
     return result
-
-
-@dataclass
-class Runs:
-    """What :func:`train_recipes` trained: ``per_seed`` (indexed by seed: ``init_norm``, one
-    accuracy column per run and split, its seconds per epoch when it trained alone), the
-    runs that diverged (:func:`diverged`: ``{run: [seeds]}``, their accuracies NaN in
-    ``per_seed``), and the models when kept (``{seed: {run: model}}``)."""
-
-    per_seed: pd.DataFrame
-    diverged: dict[str, list[int]]
-    models: dict[int, dict[str, nn.Module]] = field(default_factory=dict, repr=False)
-
-
-def chance_accuracy(labels: torch.Tensor) -> float:
-    """The accuracy (%) of always answering the most frequent class of ``labels``."""
-    labels = labels[labels >= 0]
-    return 100.0 * torch.bincount(labels).max().item() / max(len(labels), 1)
-
-
-def diverged(history: Any, val_accuracy: float, chance: float) -> bool:
-    """A run diverged when a training loss went non-finite, or its validation accuracy ends
-    at or below ``chance`` + :data:`CHANCE_MARGIN` points (one constant answer, or close)."""
-    losses = [e.get("train_loss", 0.0) for e in history.epochs]
-    return not all(math.isfinite(x) for x in losses) or not val_accuracy > chance + CHANCE_MARGIN
-
-
-def train_recipes(
-    student: str,
-    data: Dataset,
-    recipes: Mapping[str, Mapping[str, Any]],
-    *,
-    seeds: Sequence[int],
-    splits: Sequence[str] = ("test",),
-    setting: str = "",
-    progress: bool = True,
-    keep_models: bool = False,
-    stack: bool = True,
-    **fit_kwargs: Any,
-) -> Runs:
-    """Train one copy of ``student`` per recipe and seed, every copy of a seed from the same
-    weights, and measure each on ``splits`` (``("val",)`` while tuning: the test split
-    unread). The machinery of :func:`compare_methods` (its plan, what stacks, the time
-    estimate); a run that :func:`diverged` is named in ``Runs.diverged`` and its accuracies
-    are NaN, never a number averaged into a verdict."""
-    if not seeds:
-        raise ValueError("seeds must name at least one seed, got []")
-    if not splits or not set(splits) <= {"val", "test"}:
-        raise ValueError(f"splits must name 'val' and/or 'test', got {splits!r}")
-    fit_kwargs.setdefault("progress", False)
-    plan = _Plan(student, data, recipes, seeds, fit_kwargs, stack)
-    if progress:
-        print(plan.describe(setting))
-    rows: dict[int, dict[str, Any]] = {}
-    models: dict[int, dict[str, nn.Module]] = {}
-    failed: dict[str, list[int]] = {}
-    chance = chance_accuracy(data.val.labels)
-    desc = f"{setting}: runs" if setting else "runs"
-    bar = tqdm(total=len(seeds) * len(recipes), desc=desc, disable=not progress)
-    main = "test" if "test" in splits else "val"  # the split whose accuracy is the run's column
-
-    def record(run: _Run, history: Any) -> None:
-        row = rows[run.seed]
-        accuracies = {
-            split: accuracy(
-                predict(run.model, data, split, plan.device), getattr(data, split).labels
-            )
-            for split in splits
-        }
-        val = accuracies.get("val", history.epochs[-1].get("val_acc", math.inf))
-        if diverged(history, val, chance):
-            failed.setdefault(run.name, []).append(run.seed)
-            accuracies = dict.fromkeys(accuracies, math.nan)
-        for split, acc in accuracies.items():
-            row[run.name if split == main else f"{run.name} ({split})"] = acc
-        row[f"{run.name}{SECONDS}"] = statistics.fmean(e["seconds"] for e in history.epochs)
-        if keep_models:
-            models.setdefault(run.seed, {})[run.name] = run.model
-        bar.update()
-
-    stacked: list[_Run] = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        init = build_model(student, data)
-        rows[seed] = {"seed": seed, "init_norm": first_layer_norm(init)}
-        for name, extra in recipes.items():
-            run = _Run(seed, name, copy.deepcopy(init), {**fit_kwargs, **extra, "seed": seed})
-            if plan.stacked(name):
-                stacked.append(run)
-                torch.manual_seed(seed)  # the global RNG as the run's own fit would leave it
-                continue
-            loss = run.kwargs.get("feature_loss")
-            if loss is not None and not isinstance(loss, nn.Module):
-                run.kwargs["feature_loss"] = loss()  # a fresh adapter for this seed
-            record(run, plan.fit(run))
-    for group in plan.groups(stacked):
-        for run, history in zip(group, plan.fit_stack(group, progress, setting), strict=True):
-            record(run, history)
-    bar.close()
-    per_seed = pd.DataFrame([rows[seed] for seed in seeds]).set_index("seed")
-    if stacked:  # runs that shared a step have no time of their own
-        per_seed = per_seed.drop(columns=[c for c in per_seed.columns if c.endswith(SECONDS)])
-    return Runs(per_seed, {name: sorted(s) for name, s in failed.items()}, models)
-
-
-@dataclass
-class _Run:
-    seed: int
-    name: str
-    model: nn.Module
-    kwargs: dict[str, Any]
-
-
-class _Plan:
-    """Which recipes of a comparison train side by side (:mod:`kdbook.stack`), which alone."""
-
-    def __init__(self, student, data, recipes, seeds, fit_kwargs, stack: bool) -> None:
-        from kdbook.stack import why_not_stacked
-
-        self.student, self.data, self.seeds = student, data, seeds
-        self.epochs = fit_kwargs.get("num_epochs", default("num_epochs"))
-        self.device = fit_kwargs.get("device", "cpu")
-        probe = build_model(student, data)
-        self.reasons = {
-            name: why_not_stacked(probe, {**fit_kwargs, **extra}) if stack else "stack=False"
-            for name, extra in recipes.items()
-        }
-        if len(seeds) * sum(r is None for r in self.reasons.values()) < 2:
-            self.reasons = {name: r or "one run" for name, r in self.reasons.items()}
-        self.alone = sum(r is not None for r in self.reasons.values()) * len(seeds)
-        self.timed = False
-
-    def stacked(self, name: str) -> bool:
-        return self.reasons[name] is None
-
-    def describe(self, setting: str) -> str:
-        """The plan in one line: models x seeds x epochs on which device, and how."""
-        together = len(self.seeds) * len(self.reasons) - self.alone
-        line = (
-            f"{setting or 'comparison'}: {len(self.reasons)} recipes x {len(self.seeds)} seeds "
-            f"of {self.student}, {self.epochs} epochs each on {self.device}"
-        )
-        if together:
-            line += f"; {together} runs side by side"
-        alone = {name: r for name, r in self.reasons.items() if r is not None}
-        if alone and together:
-            why = "; ".join(f"{name!r}: {r}" for name, r in alone.items())
-            line += f"; {self.alone} one at a time ({why})"
-        return line
-
-    def fit(self, run: _Run) -> Any:
-        """One run alone; the first one says how long the runs alone will take."""
-        from kdbook.train import fit
-
-        kwargs = dict(run.kwargs)
-        if not self.timed and kwargs.get("progress") is False:
-            kwargs["hooks"] = [*kwargs.get("hooks", ()), TimeEstimate(self.alone, self.epochs)]
-            self.timed = True
-        return fit(run.model, self.data, **kwargs)
-
-    def groups(self, runs: list[_Run]) -> list[list[_Run]]:
-        """The stacked runs by architecture and shared settings, in order."""
-        from kdbook.stack import stack_key
-
-        groups: dict[tuple, list[_Run]] = {}
-        for run in runs:
-            groups.setdefault(stack_key(run.model, run.kwargs), []).append(run)
-        return list(groups.values())
-
-    def fit_stack(self, group: list[_Run], progress: bool, setting: str) -> list[Any]:
-        """The runs side by side; one at a time (same result) where vmap refuses the model."""
-        from kdbook.stack import SHARED_KEYWORDS, NotStackable, fit_stacked
-
-        shared = {k: group[0].kwargs[k] for k in SHARED_KEYWORDS if k in group[0].kwargs}
-        own = [{k: v for k, v in r.kwargs.items() if k not in shared} for r in group]
-        desc = f"{setting}: {len(group)} runs side by side" if setting else None
-        try:
-            return fit_stacked(
-                [r.model for r in group], self.data, own, progress=progress, desc=desc,
-                announce=progress, **shared,
-            )  # fmt: skip
-        except NotStackable as e:
-            print(f"kdbook: {len(group)} runs train one at a time instead ({e})")
-            return [self.fit(run) for run in group]
 
 
 def compare(

@@ -359,9 +359,9 @@ def config_from(namespace: Mapping[str, Any]) -> Config:
     ``threads`` (papermill's ``-p threads 2``) becomes the process's thread setting
     (:func:`kdbook.runtime.use_threads`). ``run_dir`` becomes a private copy when the
     folder is another process's, or this notebook is an executed copy inside it
-    (:func:`kdbook.runfolder.writable_run_dir`).
+    (:func:`kdbook.machinery.runfolder.writable_run_dir`).
     """
-    from kdbook.runfolder import writable_run_dir
+    from kdbook.machinery.runfolder import writable_run_dir
     from kdbook.runtime import use_threads
 
     given = {name: namespace[name] for name in FIELDS if name in namespace}

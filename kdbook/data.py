@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbook.config import SYNTHETIC_CIFAR10, check_dataset_spec, synthetic_size
-
-UNLABELED = -1  # label of a training sample whose label is hidden (scarce-label experiments)
+from kdbook.runtime import UNLABELED
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # source 1's normalisation
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)

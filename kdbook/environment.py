@@ -183,7 +183,7 @@ def _data_checks(root: str = "data") -> list[EnvCheck]:
 def _book_check() -> EnvCheck:
     """Which kdbook this is and where its notebooks are (the wheel's, or a clone's)."""
     from kdbook import __version__
-    from kdbook.notebooks import book_notebooks
+    from kdbook.machinery.installed import book_notebooks
 
     try:
         notebooks = book_notebooks()

@@ -1,16 +1,20 @@
-"""Atomic file writes: a temporary name in the same folder, then a rename.
+"""Atomic file writes (a temporary name in the same folder, then a rename) and digests.
 
 An interrupted run leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    import torch
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
@@ -59,3 +63,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def tensor_digest(tensors: list[torch.Tensor]) -> str:
+    """sha1 of the tensors' bytes (any dtype, any device): what a checkpoint and a logit
+    cache record of the labels and teacher weights they were made from."""
+    import torch  # local: the JSON helpers above need no torch
+
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -22,6 +22,50 @@ from kdbook.models import build_model
 from kdbook.train import TimeEstimate, fit
 
 
+def trained_in_run(
+    cfg,
+    data: Dataset,
+    model: str,
+    filename: str,
+    *,
+    resume: bool | None = None,
+    progress: bool = False,
+    desc: str | None = None,
+    **settings: Any,
+) -> tuple[nn.Module, History]:
+    """A model trained with :func:`kdbook.train.fit` and kept in the run folder.
+
+    ``model`` is built after ``torch.manual_seed(cfg.seed)`` and trained with
+    ``cfg.fit_kwargs(**settings)`` (``num_epochs=...``, ``teacher=...``, ``optimizer=...``)
+    at ``cfg.seed``, checkpointed in ``run_dir/filename``: a rerun, or the next notebook,
+    loads the finished run (or continues an interrupted one) instead of training again.
+    :func:`teacher_from_run`, :func:`vit_teacher_from_run` and notebook 14's teachers use it.
+
+    Args:
+        cfg: a :class:`kdbook.config.Config`.
+        data: the data set of ``cfg.dataset``.
+        model: a registered model name (:func:`kdbook.models.list_models`).
+        filename: the checkpoint's name in ``cfg.run_dir``.
+        resume, progress, desc: as :func:`kdbook.train.fit` takes them.
+
+    Returns:
+        The model in eval mode and its history.
+    """
+    torch.manual_seed(cfg.seed)
+    net = build_model(model, data)
+    history = fit(
+        net,
+        data,
+        **cfg.fit_kwargs(**settings),
+        seed=cfg.seed,
+        checkpoint=Path(cfg.run_dir) / filename,
+        resume=resume,
+        progress=progress,
+        desc=desc,
+    )
+    return net.eval(), history
+
+
 def teacher_from_run(
     cfg, data: Dataset, *, num_epochs: int | None = None, progress: bool = True
 ) -> tuple[nn.Module, dict]:
@@ -62,14 +106,12 @@ def teacher_from_run(
         print(f"teacher: not reusing {path}: {reason}")
     if not unfinished:
         print(f"teacher: training {cfg.teacher} ({num_epochs} epochs), saving to {path}")
-    torch.manual_seed(cfg.seed)
-    teacher = build_model(cfg.teacher, data)
-    fit(
-        teacher,
+    teacher, _ = trained_in_run(
+        cfg,
         data,
-        **cfg.fit_kwargs(num_epochs=num_epochs),
-        seed=cfg.seed,
-        checkpoint=path,
+        cfg.teacher,
+        path.name,
+        num_epochs=num_epochs,
         resume=unfinished,
         progress=progress,
         desc=f"teacher {cfg.teacher}",
@@ -201,16 +243,15 @@ def vit_teacher_from_run(
     Returns:
         The ViT in eval mode and its history.
     """
-    torch.manual_seed(cfg.seed)
-    vit = build_model("vit_tiny", data)
-    history = fit(
-        vit,
+    return trained_in_run(
+        cfg,
         data,
-        seed=cfg.seed,
-        checkpoint=Path(cfg.run_dir) / "vit_teacher.pt",
-        desc="teacher vit_tiny",
+        "vit_tiny",
+        "vit_teacher.pt",
+        optimizer="adamw",
+        lr=lr,
+        weight_decay=weight_decay,
         progress=progress,
-        hooks=[TimeEstimate()],
-        **cfg.fit_kwargs(optimizer="adamw", lr=lr, weight_decay=weight_decay),
+        desc="teacher vit_tiny",
+        hooks=[TimeEstimate()],  # its expected time, after the first epoch
     )
-    return vit, history

@@ -17,20 +17,25 @@ from typing import Any
 
 from kdbook.config import dataset_note
 from kdbook.io import read_json, write_json, write_text
+from kdbook.stats import ACCURACY_RANGE as ACCURACY_RANGE
+from kdbook.stats import MISSING as MISSING
+from kdbook.stats import finite, format_seconds
+from kdbook.stats import format_interval as format_interval
+from kdbook.stats import method_verdict as method_verdict
+from kdbook.stats import verdict as verdict
 
-MISSING = "–"
 _KEEP: Any = object()  # write_results: keep the value already in results.json
 
 
 # --------------------------------------------------------------------------- metrics
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Turn numpy/torch scalars and arrays, paths and non-finite floats into plain JSON."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
         return obj
     if isinstance(obj, float):
@@ -38,7 +43,7 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy / torch scalars and arrays
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     return str(obj)
 
 
@@ -77,7 +82,7 @@ def save_metrics(run_dir: str | Path, notebook: str, metrics: Mapping[str, Any])
             raise ValueError(f"metrics[{key!r}] must be a list of dicts, got {rows!r}")
     if metrics.get("config") is not None and not isinstance(metrics["config"], Mapping):
         raise ValueError(f"metrics['config'] must be a dict, got {metrics['config']!r}")
-    return write_json(Path(run_dir) / "metrics" / f"{notebook}.json", _jsonable(metrics))
+    return write_json(Path(run_dir) / "metrics" / f"{notebook}.json", jsonable(metrics))
 
 
 def _read_metrics(run_dir: Path) -> dict[str, dict]:
@@ -198,7 +203,7 @@ def write_results(
         "metrics": metrics,
         "figures": _figures(run_dir),
     }
-    results = _jsonable(results)
+    results = jsonable(results)
     write_json(run_dir / "results.json", results)
     write_text(run_dir / "summary.md", render_summary(results, run_dir))
     return results
@@ -207,15 +212,9 @@ def write_results(
 # --------------------------------------------------------------------------- words
 
 
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x) if math.isfinite(x) else None
-
-
 def human_count(n: Any) -> str:
     """Format a count for people: 11_173_962 -> '11.2M', 690 -> '690', None -> '–'."""
-    x = _num(n)
+    x = finite(n)
     if x is None:
         return MISSING
     for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -225,74 +224,15 @@ def human_count(n: Any) -> str:
 
 
 def _fixed(x: Any, big: int = 0) -> str:
-    v = _num(x)
+    v = finite(x)
     if v is None:
         return MISSING
     digits = 2 if abs(v) < 10 else 1 if abs(v) < 100 else big
     return f"{v:,.{digits}f}"
 
 
-def _seconds(x: Any) -> str:
-    v = _num(x)
-    return MISSING if v is None else f"{v:,.1f}"
-
-
-TOO_FEW_SEEDS = "too few seeds to say"
-ACCURACY_RANGE = (0.0, 100.0)
-
-
-def format_interval(
-    mean: Any,
-    ci95: Any,
-    *,
-    signed: bool = False,
-    unit: str = " %",
-    within: tuple[float, float] | None = None,
-) -> str:
-    """Format a percentage and its 95% half-width: (93.42, 1.5) -> '93.4 ± 1.5 %'.
-
-    ``within``: the range the quantity lives in (:data:`ACCURACY_RANGE` for an accuracy);
-    an interval that runs past it says so: '62.6 ± 112.5 % (too few seeds to say)'.
-    """
-    m = _num(mean)
-    if m is None:
-        return MISSING
-    text = f"{m:+.1f}" if signed else f"{m:.1f}"
-    c = _num(ci95)
-    if c is not None:
-        text += f" ± {c:.1f}"
-    text += unit
-    if c is not None and within is not None and (m - c < within[0] or m + c > within[1]):
-        text += f" ({TOO_FEW_SEEDS})"
-    return text
-
-
 def _accuracy(mean: Any, ci95: Any) -> str:
     return format_interval(mean, ci95, within=ACCURACY_RANGE)
-
-
-def verdict(gain_mean: Any, gain_ci95: Any) -> str:
-    """Say in words whether a gain's 95% interval excludes zero.
-
-    Returns:
-        ``"KD helps"`` (interval above 0), ``"KD hurts"`` (below 0), ``"inside seed noise"``
-        (it contains 0) or ``'–'`` when the mean or interval is missing.
-    """
-    m, c = _num(gain_mean), _num(gain_ci95)
-    if m is None or c is None:
-        return MISSING
-    if m - abs(c) > 0:
-        return "KD helps"
-    if m + abs(c) < 0:
-        return "KD hurts"
-    return "inside seed noise"
-
-
-def method_verdict(method: str, gain_mean: Any, gain_ci95: Any) -> str:
-    """:func:`verdict` naming the method compared: ``'DKD hurts'``, ``'KD helps'``,
-    ``'inside seed noise'`` (never "KD hurts" on a DKD row)."""
-    word = verdict(gain_mean, gain_ci95)
-    return word.replace("KD ", f"{method} ", 1) if word.startswith("KD ") else word
 
 
 # --------------------------------------------------------------------------- summary.md
@@ -400,7 +340,7 @@ def _notebook_lines(notebooks: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return _table(
         ["notebook", "status", "seconds", "error"],
         [
-            [nb, info.get("status"), _seconds(info.get("seconds")), info.get("error")]
+            [nb, info.get("status"), format_seconds(info.get("seconds")), info.get("error")]
             for nb, info in notebooks.items()
         ],
     )

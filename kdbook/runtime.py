@@ -17,6 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+# the label of a training sample whose label is hidden (scarce-label experiments); it lives
+# here, where the step counts labelled samples, so that no import circles; kdbook.data re-exports it
+UNLABELED = -1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -331,8 +334,6 @@ def _count(
     y: torch.Tensor,
     logs: dict[str, torch.Tensor | float],
 ) -> None:
-    from kdbook.data import UNLABELED
-
     n = len(y)
     labelled = y != UNLABELED
     result.loss += loss.item() * n

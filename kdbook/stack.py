@@ -37,9 +37,10 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 from tqdm.auto import tqdm
 
-from kdbook.checkpoint import History, tensor_digest
+from kdbook.checkpoint import History
 from kdbook.data import UNLABELED, Dataset
 from kdbook.distill import LogitCache, LogitKD
+from kdbook.io import tensor_digest
 from kdbook.runtime import autocast
 from kdbook.schedules import value_at
 
@@ -108,7 +109,7 @@ def fit_stacked(
             not share an architecture and settings, or a model that ``vmap`` cannot run
             (raised from the first step, before any weight changed).
     """
-    from kdbook.train import fit_arguments, start
+    from kdbook.train import fit_arguments, make_loop
 
     if len(models) != len(runs) or not models:
         raise ValueError(f"models and runs must pair up, got {len(models)} and {len(runs)}")
@@ -119,7 +120,7 @@ def fit_stacked(
             raise NotStackable(reason)
     if len({stack_key(m, kw) for m, kw in zip(models, kwargs, strict=True)}) > 1:
         raise NotStackable("the runs differ in architecture or in a shared setting")
-    loops = [start(m, data, fit_arguments(kw))[0] for m, kw in zip(models, kwargs, strict=True)]
+    loops = [make_loop(m, data, fit_arguments(kw))[0] for m, kw in zip(models, kwargs, strict=True)]
     if loops[0].runtime.world > 1:
         raise NotStackable("data-parallel runs (torchrun) are not stacked")
     stack = _Stack(loops)

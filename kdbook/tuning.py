@@ -9,7 +9,7 @@ Work", EMNLP 2019; the book's notebook contract, rule 8):
 2. every method gets the same number of settings tried (the ``budget``), drawn from its space
    in a fixed order;
 3. each setting trains over the tuning seeds and is scored by its mean **validation**
-   accuracy; a setting with a diverged run (:func:`kdbook.compare.diverged`) cannot be chosen;
+   accuracy; a setting with a diverged run (:func:`kdbook.paired_runs.diverged`) cannot be chosen;
 4. the final comparison (:meth:`Tuning.compare`) trains every method at its chosen setting
    over the comparison's seeds and reads the test split once.
 
@@ -31,8 +31,9 @@ from typing import Any
 
 import pandas as pd
 
-from kdbook.compare import SCRATCH, Comparison, compare_methods, mean_ci, train_recipes
+from kdbook.compare import SCRATCH, Comparison, compare_methods, mean_ci
 from kdbook.data import Dataset
+from kdbook.paired_runs import train_recipes
 
 Recipe = Mapping[str, Any] | Callable[..., Mapping[str, Any]]
 

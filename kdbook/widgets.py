@@ -273,9 +273,9 @@ def loss_view(
         hard, loss, soft grad norm, hard grad norm, grad norm; ``curve`` a DataFrame indexed
         by T with the gradient norm of the whole loss for both variants.
     """
-    from kdbook.losses import _check
+    from kdbook.losses import check_temperature_alpha
 
-    _check(temperature, alpha)
+    check_temperature_alpha(temperature, alpha)
     variants = {"with T^2": True, "without T^2": False}
     args = (student_logits, teacher_logits, targets)
     table = pd.DataFrame(
@@ -409,7 +409,7 @@ def sweep_summary(
         A DataFrame indexed by (temperature, alpha) with kd_mean, kd_ci95, scratch_mean,
         scratch_ci95, gain_mean, gain_ci95 (the paired gain kd - scratch, per seed) and n.
     """
-    from kdbook.compare import mean_ci
+    from kdbook.stats import mean_ci
 
     _check_sweep_table(table, kd, scratch)
     rows = {}
@@ -443,7 +443,7 @@ def sweep_difference(
     Returns:
         ``(mean, ci95)`` in percentage points over the seeds both cells have.
     """
-    from kdbook.compare import mean_ci
+    from kdbook.stats import mean_ci
 
     _check_sweep_table(table, kd, kd)
     by_seed = []
@@ -480,7 +480,7 @@ def sweep_view(summary: pd.DataFrame, temperature: float, alpha: float) -> dict[
 
 def describe_sweep(view: Mapping[str, Any]) -> str:
     """The chosen cell in words: KD, scratch, the gain with its interval, and a verdict."""
-    from kdbook.report import ACCURACY_RANGE, format_interval, verdict
+    from kdbook.stats import ACCURACY_RANGE, format_interval, verdict
 
     c = view["cell"]
     if c is None:

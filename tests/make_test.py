@@ -51,7 +51,7 @@ def folder_digest(folder: Path) -> dict[str, str]:
 def rewritten(run_dir: Path, as_written: dict[str, str]) -> list[str]:
     """Failures when checking the book changed its folder: a file added, removed or changed
     since the book finished, or a figure or metric newer than summary.md."""
-    from kdbook.runfolder import newer_than_summary
+    from kdbook.machinery.runfolder import newer_than_summary
 
     now = folder_digest(run_dir)
     changed = sorted(k for k in as_written.keys() | now.keys() if as_written.get(k) != now.get(k))

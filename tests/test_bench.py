@@ -13,7 +13,7 @@ import pytest
 import torch
 from torchvision import transforms
 
-import kdbook.bench as bench
+import kdbook.bench.run as bench  # where run_bench looks its batch helpers up
 from kdbook.bench import (
     CACHED,
     KDBOOK,

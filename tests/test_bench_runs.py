@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from kdbook import bench_runs
+from kdbook.bench import runs as bench_runs
 
 
 def test_bench_seeds_reports_the_three_paths_and_their_ratios():

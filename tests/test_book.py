@@ -1,5 +1,5 @@
-"""kdbook.runner and kdbook.report: validation before work, papermill runs of tiny notebooks,
-results, summary."""
+"""kdbook.machinery (runner, selection, errors) and kdbook.report: validation before work,
+papermill runs of tiny notebooks, results, summary."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 from kdbook.io import read_json
+from kdbook.machinery.errors import WIDGET_STATE_MIME, format_error, widget_errors
+from kdbook.machinery.runner import BookError, run_book
+from kdbook.machinery.selection import list_notebooks, resolve_notebooks
 from kdbook.report import (
     format_interval,
     human_count,
@@ -19,15 +22,6 @@ from kdbook.report import (
     save_metrics,
     verdict,
     write_results,
-)
-from kdbook.runner import (
-    WIDGET_STATE_MIME,
-    BookError,
-    format_error,
-    list_notebooks,
-    resolve_notebooks,
-    run_book,
-    widget_errors,
 )
 
 PARAMS = """\
@@ -451,7 +445,7 @@ def test_dead_kernel_and_timeout_are_reported_by_cell(
 def test_kernel_start_failure_is_retried_once(
     make_notebook, notebook_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import kdbook.runner as runner
+    import kdbook.machinery.execute as runner
 
     make_notebook("01_train", PARAMS, REPORT)
     real, calls = runner._execute, []

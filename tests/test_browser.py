@@ -307,7 +307,7 @@ def test_the_html_book_opens_offline_with_its_saved_widgets(chromium: str, tmp_p
     from playwright.sync_api import expect, sync_playwright
     from test_html import FIGURE_CELL, SLIDER_CELL
 
-    from kdbook.runner import run_book
+    from kdbook.machinery.runner import run_book
 
     notebooks = tmp_path / "notebooks"
     params = 'run_dir = "."  # run folder\ntemperature = 2.0  # T'

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import kdbook.runner
+import kdbook.machinery.selection
 from kdbook.cli import main, parse_value
 
 PARAMS = """\
@@ -29,7 +29,7 @@ def book_dir(make_notebook, notebook_dir: Path, monkeypatch: pytest.MonkeyPatch)
         '"accuracy_mean": 0.5}], "config": {"temperature": temperature, "seed": seed}})',
     )
     make_notebook("02_second", 'run_dir = "unset"', 'raise KeyError("missing checkpoint")')
-    monkeypatch.setattr(kdbook.runner, "NOTEBOOK_DIR", notebook_dir)
+    monkeypatch.setattr(kdbook.machinery.selection, "NOTEBOOK_DIR", notebook_dir)
     return notebook_dir
 
 

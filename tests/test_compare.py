@@ -175,7 +175,7 @@ def test_compare_methods_shares_the_start_and_gives_fresh_adapters(digits) -> No
 
 
 def test_seed_rows_flatten_the_per_seed_table() -> None:
-    from kdbook.sweep import metrics_rows
+    from kdbook.machinery.sweep import metrics_rows
 
     rows = synthetic([2.0, -1.0]).seed_rows()
     assert rows == [
@@ -411,7 +411,7 @@ def test_plot_draws_every_run(monkeypatch) -> None:
 
 
 def test_compare_methods_keeps_models_and_measures_other_splits(digits, monkeypatch) -> None:
-    import kdbook.compare
+    import kdbook.paired_runs
     import kdbook.train
     from kdbook.compare import compare_methods
     from kdbook.evaluate import accuracy, predict
@@ -425,7 +425,7 @@ def test_compare_methods_keeps_models_and_measures_other_splits(digits, monkeypa
         return History()
 
     monkeypatch.setattr(kdbook.train, "fit", fake_fit)
-    monkeypatch.setattr(kdbook.compare, "CHANCE_MARGIN", -100.0)  # untrained, not diverged
+    monkeypatch.setattr(kdbook.paired_runs, "CHANCE_MARGIN", -100.0)  # untrained, not diverged
     result = compare_methods(
         "tiny_cnn", digits, {"kd": {"teacher": object()}}, seeds=[0, 1], progress=False,
         keep_models=True, splits=("val", "test"), setting="s", stack=False,

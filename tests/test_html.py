@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kdbook.html import STATIC_DIR, render_html
-from kdbook.runner import run_book
+from kdbook.machinery.html import STATIC_DIR, render_html
+from kdbook.machinery.runner import run_book
 
 SLIDER_CELL = """\
 import ipywidgets as widgets

@@ -18,11 +18,17 @@ import pytest
 from conftest import write_notebook
 
 import kdbook
-import kdbook.runner
+import kdbook.machinery.selection
 from kdbook.cli import main
 from kdbook.io import read_json
-from kdbook.notebooks import MANIFEST, book_dir, book_notebooks, copy_notebooks, lab_command
-from kdbook.runner import run_book, select_notebooks
+from kdbook.machinery.installed import (
+    MANIFEST,
+    book_dir,
+    book_notebooks,
+    copy_notebooks,
+    lab_command,
+)
+from kdbook.machinery.runner import run_book, select_notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,7 +142,7 @@ def book_and_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path
     copy = write_notebook(
         tmp_path / "mine" / "01_first.ipynb", PARAMS, 'SOURCE = "copy"', REPORT
     ).parent
-    monkeypatch.setattr(kdbook.runner, "NOTEBOOK_DIR", book)
+    monkeypatch.setattr(kdbook.machinery.selection, "NOTEBOOK_DIR", book)
     monkeypatch.chdir(tmp_path)
     return book, copy
 

@@ -7,7 +7,7 @@ from queue import Empty
 
 import pytest
 
-from kdbook import kernel
+from kdbook.machinery import kernel
 
 
 def test_a_message_that_came_is_returned_at_the_next_look(monkeypatch) -> None:

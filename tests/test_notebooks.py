@@ -17,8 +17,8 @@ import pytest
 
 import kdbook
 from kdbook.config import CPU_SIZES, Config, config_from, full_size_options
-from kdbook.notebooks import IMPORT_CHECK_ID, book_dir, import_check_source
-from kdbook.runner import list_notebooks
+from kdbook.machinery.installed import IMPORT_CHECK_ID, book_dir, import_check_source
+from kdbook.machinery.selection import list_notebooks
 
 NOTEBOOK_DIR = book_dir()
 NOTEBOOKS = list_notebooks()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import write_notebook
 
-from kdbook.runfolder import (
+from kdbook.machinery.runfolder import (
     LOCK_FILE,
     RunFolderBusy,
     hold,

@@ -9,7 +9,7 @@ import pytest
 from conftest import write_notebook
 
 from kdbook.cli import main, parse_grid
-from kdbook.sweep import (
+from kdbook.machinery.sweep import (
     merge_sweeps,
     metrics_rows,
     parse_shard,

@@ -76,7 +76,7 @@ def test_threads_is_a_checked_parameter_that_config_from_applies():
 def test_sweep_workers_divide_the_cores(monkeypatch):
     import os
 
-    from kdbook.sweep import _share_cores
+    from kdbook.machinery.sweep import _share_cores
 
     monkeypatch.setenv(runtime.THREADS_ENV, "")
     _share_cores("1")

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-import kdbook.compare
 import kdbook.evaluate
+import kdbook.paired_runs
 from kdbook.compare import SCRATCH
 from kdbook.distill import DKD
 from kdbook.tuning import Method, check_methods, draw, tune
@@ -19,7 +19,6 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started before the input was checked")
 
-    monkeypatch.setattr(kdbook.compare, "train_recipes", refuse)
     monkeypatch.setattr("kdbook.tuning.train_recipes", refuse)
 
 
@@ -66,7 +65,7 @@ def test_tune_chooses_on_validation_and_never_a_diverged_setting(digits, teacher
         read.append(split if isinstance(split, str) else "split")
         return real_predict(model, data, split, device)
 
-    monkeypatch.setattr(kdbook.compare, "predict", spy)
+    monkeypatch.setattr(kdbook.paired_runs, "predict", spy)
     methods = [
         Method(SCRATCH, {"lr": [0.05, 0.1]}),
         Method("KD", {"lr": [50.0, 0.1]}, {"teacher": teacher}),  # lr 50 diverges

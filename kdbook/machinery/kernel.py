@@ -16,6 +16,7 @@ import time
 from queue import Empty
 from typing import Any
 
+KERNEL_NAME = "python3"  # the Jupyter kernel every notebook of the book runs in
 LOOK_SECONDS = 1.0  # the longest single wait for a kernel message
 
 

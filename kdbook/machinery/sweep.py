@@ -15,18 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from kdbook.io import read_json, write_json, write_text
-from kdbook.report import _jsonable
-from kdbook.runfolder import hold
-from kdbook.runner import (
-    _absolute_dataset,
-    _check_book_params,
-    _check_timeout,
-    _execute_with_retry,
-    _failure,
-    _widget_failure,
+from kdbook.machinery.errors import notebook_failure, widget_failure
+from kdbook.machinery.execute import execute_with_retry
+from kdbook.machinery.runfolder import hold
+from kdbook.machinery.selection import (
+    absolute_dataset,
+    check_book_params,
+    check_timeout,
     notebook_parameters,
     select_notebooks,
 )
+from kdbook.report import jsonable
 
 SWEEP_TABLE = "sweep.csv"
 POINT_FILE = "sweep_point.json"
@@ -96,15 +95,15 @@ def _run_point(task: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(task["run_dir"])
     t0 = time.perf_counter()
     try:
-        _execute_with_retry(
+        execute_with_retry(
             Path(task["source"]),
             target,
             task["parameters"],
             task["timeout"],
         )
-        failure = _widget_failure(notebook, target, run_dir)
+        failure = widget_failure(notebook, target, run_dir)
     except Exception as exc:  # noqa: BLE001 - a failed point is a row, not a crash
-        failure = _failure(notebook, exc, target, run_dir, task["timeout"])
+        failure = notebook_failure(notebook, exc, target, run_dir, task["timeout"])
     error = None
     if failure is not None:  # the report names the point, not the notebook
         error = str(failure).replace(f"FAILED {notebook}", f"FAILED {name}", 1)
@@ -121,7 +120,7 @@ def _point_complete(run_dir: Path, notebook: str, parameters: Mapping[str, Any])
     if not (record.is_file() and (run_dir / "metrics" / f"{notebook}.json").is_file()):
         return False
     try:
-        return read_json(record).get("parameters") == _jsonable(parameters)
+        return read_json(record).get("parameters") == jsonable(parameters)
     except ValueError:
         return False
 
@@ -144,7 +143,7 @@ def _prepare_point(
     for checkpoint in sorted(Path(reuse_from).glob("*.pt")) if reuse_from else []:
         if not (run_dir / checkpoint.name).exists():
             shutil.copy2(checkpoint, run_dir / checkpoint.name)
-    write_json(run_dir / POINT_FILE, {"notebook": notebook, "parameters": _jsonable(point)})
+    write_json(run_dir / POINT_FILE, {"notebook": notebook, "parameters": jsonable(point)})
     nb_params = {**point, "run_dir": str(run_dir)} if "run_dir" in declared else point
     target = out / "points" / f"{point_dir}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +175,7 @@ def _check_sweep(
     ``params`` as ``num_seeds``, and a relative image folder is made absolute."""
     if not (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1):
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
-    _check_timeout(timeout)
+    check_timeout(timeout)
     if not grid or any(not list(values) for values in grid.values()):
         raise ValueError(f"grid must give at least one value per parameter, got {dict(grid)!r}")
     both = sorted(set(grid) & set(params))
@@ -192,7 +191,7 @@ def _check_sweep(
             raise ValueError(f"shard must be (i, n) with 1 <= i <= n, got {shard!r}")
     if reuse_from is not None and not Path(reuse_from).is_dir():
         raise ValueError(f"reuse_from must be a run folder, got {str(reuse_from)!r}")
-    _absolute_dataset(params)
+    absolute_dataset(params)
 
 
 def _grid_plan(
@@ -205,7 +204,7 @@ def _grid_plan(
     """The grid's points (each checked), their names, and the indices this shard runs."""
     points = sweep_points(grid)
     for point in points:
-        _check_book_params({**params, **point}, {name: declared})
+        check_book_params({**params, **point}, {name: declared})
     names = [point_name(p) for p in points]
     if len(set(names)) != len(names):
         raise ValueError(f"grid values must give distinct point names, got {names}")
@@ -322,10 +321,10 @@ def run_sweep(
         reuse_from: a run folder whose checkpoints (``*.pt``, e.g. the teacher) are copied
             into each point's run folder, so that no point retrains them.
         notebook_dir: where the notebooks are; default the installed book
-            (:func:`kdbook.notebooks.book_dir`).
+            (:func:`kdbook.machinery.installed.book_dir`).
         progress: show a progress bar.
         wait: when another live process writes ``out``, wait for it instead of refusing
-            (:func:`kdbook.runfolder.hold`).
+            (:func:`kdbook.machinery.runfolder.hold`).
 
     Returns:
         The path of the table (``out/sweep.csv``): one row per point and seed (or setting),

@@ -28,8 +28,9 @@ from typing import Any
 
 from kdbook.io import atomic_write, read_json, write_json
 
-PACKAGE_BOOK: Path = Path(__file__).resolve().parent / "book"  # in a wheel
-SOURCE_BOOK: Path = Path(__file__).resolve().parent.parent / "notebooks"  # in a clone
+PACKAGE_DIR: Path = Path(__file__).resolve().parent.parent  # kdbook/
+PACKAGE_BOOK: Path = PACKAGE_DIR / "book"  # in a wheel
+SOURCE_BOOK: Path = PACKAGE_DIR.parent / "notebooks"  # in a clone
 MANIFEST = ".kdbook-notebooks.json"
 IMPORT_CHECK_ID = "kdbook-import-check"
 

@@ -1,11 +1,10 @@
-"""One training loop, :func:`fit`, for the teacher, the student alone and the distilled student.
+"""The training loop: :func:`fit` for the teacher, the student alone and the distilled student.
 
-``fit`` checks its arguments, sets up, then loops over epochs. What the student learns from
-is a :class:`kdbook.distill.Distiller` (built from ``teacher``, ``temperature``, ``alpha``
-and the rest of the distillation keywords); how a step runs is a
-:class:`kdbook.runtime.Runtime`; what else happens around the steps is a hook:
-:class:`FreezeHead`, :class:`ClipGradNorm`, :class:`TensorBoard`, :class:`TimeEstimate` and the
-per-epoch :class:`kdbook.checkpoint.Checkpoint` (``checkpoint=path``).
+``fit`` checks its arguments, sets up (:func:`make_loop`), then loops over epochs. What the
+student learns from is a :class:`kdbook.distill.Distiller` (built from ``teacher``,
+``temperature``, ``alpha`` and the rest of the distillation keywords); how a step runs is a
+:class:`kdbook.runtime.Runtime`; what else happens around the steps is a hook
+(:mod:`kdbook.train.hooks`).
 
 >>> from kdbook.data import load_dataset
 >>> from kdbook.models import build_model
@@ -22,177 +21,23 @@ import inspect
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdbook.checkpoint import Checkpoint, History, tensor_digest
+from kdbook.checkpoint import History
 from kdbook.config import check_params, default, resolve_device
 from kdbook.data import UNLABELED, Dataset, Loader, Split
 from kdbook.distill import ALPHA, TEMPERATURE, Distiller, LogitCache, Schedulable
+from kdbook.io import tensor_digest
 from kdbook.models import check_model_fits
 from kdbook.runtime import Runtime, all_reduce, autocast, broadcast_buffers, choose_threads
 from kdbook.schedules import value_at
-
-# --- hooks -----------------------------------------------------------------------------
-
-
-@dataclass
-class Loop:
-    """What a running :func:`fit` holds; the hooks read it."""
-
-    model: nn.Module
-    data: Dataset
-    distiller: Distiller
-    student: nn.Module  # the model and the loss terms (the distiller's _Student)
-    module: nn.Module  # what trains: ``student``, or it wrapped in DDP
-    runtime: Runtime
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
-    loader: Loader
-    history: History
-    fingerprint: dict[str, str | None]
-    progress: float = 0.0  # step / total steps of the step running
-
-
-class Hook(Protocol):
-    """What fit calls around its steps; every method is called on every hook, in order."""
-
-    def settings(self) -> dict[str, Any]: ...  # recorded in the history, decide resuming
-    def check(self, model: nn.Module) -> None: ...  # before any work
-    def start(self, loop: Loop) -> int: ...  # epochs already done (a resumed checkpoint)
-    def before_step(self, loop: Loop) -> None: ...  # gradients in, optimizer not yet stepped
-    def end_epoch(self, loop: Loop, record: dict[str, float]) -> None: ...
-    def end(self, loop: Loop) -> None: ...
-
-
-class BaseHook:
-    """No-op defaults for the :class:`Hook` methods."""
-
-    def settings(self) -> dict[str, Any]:
-        return {}
-
-    def check(self, model: nn.Module) -> None:
-        pass
-
-    def start(self, loop: Loop) -> int:
-        return 0
-
-    def before_step(self, loop: Loop) -> None:
-        pass
-
-    def end_epoch(self, loop: Loop, record: dict[str, float]) -> None:
-        pass
-
-    def end(self, loop: Loop) -> None:
-        pass
-
-
-class FreezeHead(BaseHook):
-    """The student's classifier (``model.head``) gets no update for the first ``fraction``
-    of training (source 5's stage 1: align the features with the head frozen)."""
-
-    def __init__(self, fraction: float) -> None:
-        if not (isinstance(fraction, int | float) and 0 <= fraction < 1):
-            raise ValueError(
-                f"freeze_head must be a fraction of training in [0, 1), got {fraction!r}"
-            )
-        self.fraction = fraction
-
-    def __repr__(self) -> str:
-        return f"FreezeHead({self.fraction!r})"
-
-    def settings(self) -> dict[str, Any]:
-        return {"freeze_head": self.fraction}
-
-    def check(self, model: nn.Module) -> None:
-        if self.fraction and not isinstance(getattr(model, "head", None), nn.Module):
-            raise ValueError(
-                "freeze_head needs model.head (the kdbook models' classifier); this one has none"
-            )
-
-    def before_step(self, loop: Loop) -> None:
-        if loop.progress < self.fraction:
-            for p in loop.model.head.parameters():
-                p.grad = None
-
-
-class ClipGradNorm(BaseHook):
-    """Clip the gradient's global norm to ``max_norm`` before each step (source 2's remedy
-    for unstable steps); gradients are unscaled first under fp16."""
-
-    def __init__(self, max_norm: float) -> None:
-        if not (isinstance(max_norm, int | float) and max_norm > 0):
-            raise ValueError(f"max_grad_norm must be a number > 0 or None, got {max_norm!r}")
-        self.max_norm = max_norm
-
-    def __repr__(self) -> str:
-        return f"ClipGradNorm({self.max_norm!r})"
-
-    def settings(self) -> dict[str, Any]:
-        return {"max_grad_norm": self.max_norm}
-
-    def before_step(self, loop: Loop) -> None:
-        loop.runtime.scaler.unscale_(loop.opt)
-        params = [p for group in loop.opt.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.max_norm)
-
-
-class TensorBoard(BaseHook):
-    """Every record of the history as TensorBoard scalars in ``log_dir``, per epoch
-    (``tensorboard --logdir DIR`` shows them); written by rank 0 only."""
-
-    def __init__(self, log_dir: str | Path) -> None:
-        self.log_dir, self.writer = Path(log_dir), None
-
-    def __repr__(self) -> str:
-        return f"TensorBoard({str(self.log_dir)!r})"
-
-    def start(self, loop: Loop) -> int:
-        if loop.runtime.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.log_dir))
-        return 0
-
-    def end_epoch(self, loop: Loop, record: dict[str, float]) -> None:
-        if self.writer is not None:
-            for name, value in record.items():
-                if name != "epoch":
-                    self.writer.add_scalar(name, value, record["epoch"])
-            self.writer.flush()
-
-    def end(self, loop: Loop) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-
-class TimeEstimate(BaseHook):
-    """After the first epoch, the time the whole training will take: ``runs`` trainings
-    (default 1) of ``epochs`` epochs each (default the run's own), printed in one line."""
-
-    def __init__(self, runs: int = 1, epochs: int | None = None) -> None:
-        self.runs, self.epochs = runs, epochs
-
-    def __repr__(self) -> str:
-        return f"TimeEstimate(runs={self.runs}, epochs={self.epochs})"
-
-    def end_epoch(self, loop: Loop, record: dict[str, float]) -> None:
-        epochs = self.epochs or loop.history.settings["num_epochs"]
-        if record["epoch"] != 1 or self.runs * epochs <= 1 or loop.runtime.rank != 0:
-            return
-        first = record["seconds"]
-        what = f"{self.runs} runs" if self.runs > 1 else f"{epochs} epochs"
-        print(f"first epoch {first:.1f} s: about {first * epochs * self.runs:.0f} s for {what}")
-
-
-# --- fit -------------------------------------------------------------------------------
+from kdbook.train.hooks import Checkpoint, Hook, Loop
 
 
 def _check_inputs(model: Any, data: Any, params: dict[str, Any]) -> None:
@@ -270,7 +115,7 @@ def fit(
 
     ``checkpoint``: the file rewritten atomically after every epoch; ``resume`` (default
     True) continues an unfinished run of the same settings or returns a finished one
-    (:class:`kdbook.checkpoint.Checkpoint`). ``hooks``: :class:`FreezeHead`,
+    (:class:`kdbook.train.hooks.Checkpoint`). ``hooks``: :class:`FreezeHead`,
     :class:`ClipGradNorm`, :class:`TensorBoard` or your own (:class:`Hook`).
 
     Every argument is checked before any work, with one eval-mode forward pass of the model
@@ -283,7 +128,7 @@ def fit(
         ``feature_loss``) and the epoch means of scheduled values.
     """
     args = {k: v for k, v in locals().items() if k not in ("model", "data")}  # fit's keywords
-    loop, hooks = start(model, data, args)
+    loop, hooks = make_loop(model, data, args)
     done = max([hook.start(loop) for hook in hooks], default=0)
     try:
         if done < num_epochs:
@@ -309,7 +154,7 @@ def fit(
     return loop.history
 
 
-def start(model: nn.Module, data: Dataset, args: dict[str, Any]) -> tuple[Loop, list[Hook]]:
+def make_loop(model: nn.Module, data: Dataset, args: dict[str, Any]) -> tuple[Loop, list[Hook]]:
     """What :func:`fit` does before its first epoch, for ``args`` (all of fit's keywords,
     ``distill`` the dict of distillation keywords): every check, then the set-up run."""
     a = args
@@ -337,7 +182,7 @@ _FIT_SIGNATURE = inspect.signature(fit)  # fit's own, even where a test wraps kd
 
 
 def fit_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` for :func:`fit` completed with fit's defaults, as :func:`start` takes them
+    """``kwargs`` for :func:`fit` completed with fit's defaults, as :func:`make_loop` takes them
     (the distillation keywords gathered under ``distill``)."""
     bound = _FIT_SIGNATURE.bind(None, None, **kwargs)
     bound.apply_defaults()

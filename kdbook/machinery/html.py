@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from kdbook.io import read_json, write_text
-from kdbook.report import _seconds
+from kdbook.stats import format_seconds
 
 HTML_DIR = "html"
-STATIC_DIR: Path = Path(__file__).resolve().parent / "static"
+STATIC_DIR: Path = Path(__file__).resolve().parent.parent / "static"  # kdbook/static
 
 
 def _notebook_title(nb: Any, fallback: str) -> str:
@@ -123,7 +123,7 @@ def _chapter_list(run_dir: Path, items: Sequence[tuple[str, str]]) -> str:
         info = status.get(name) or {}
         note = info.get("status") or ""
         if info.get("seconds") is not None:
-            note += f", {_seconds(info['seconds'])} s"
+            note += f", {format_seconds(info['seconds'])} s"
         chapters.append(
             f'<li><a href="{name}.html">{escape(title)}</a> '
             f'<span class="status">{escape(name)}{" · " + escape(note) if note else ""}</span></li>'
@@ -149,7 +149,7 @@ def render_html(run_dir: str | Path) -> Path:
     JupyterLab look; saved widget state drawn by the vendored ``@jupyter-widgets/html-manager``
     in ``html/static/embed.js``), and ``figures/``. No page loads anything from a network:
     no CDN script, no MathJax (formulas stay as typed). Called by
-    :func:`kdbook.runner.run_book` at the end of a run; call it again on any run folder
+    :func:`kdbook.machinery.runner.run_book` at the end of a run; call it again on any run folder
     (``render_html("runs/ci")``).
 
     Returns:

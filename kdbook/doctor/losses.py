@@ -1,9 +1,9 @@
-"""Detectors for the known knowledge-distillation mistakes, with the fix for each.
+"""The doctor's detectors of a reader's KD and DKD losses, with the fix for each.
 
 :func:`check_kd_loss` probes a user's KD loss on fixed random logits and compares what it
 returns with :func:`kdbook.losses.kd_loss` and with the buggy variants found in the
-sources (SOURCES.md, "Bugs in the sources"), so that it can name the bug, not only say
-"wrong".
+sources (SOURCES.md, "Bugs in the sources"; :mod:`kdbook.losses.buggy`), so that it can
+name the bug, not only say "wrong".
 
 >>> from kdbook.losses import kd_loss
 >>> check_kd_loss(kd_loss).ok
@@ -12,16 +12,14 @@ True
 
 from __future__ import annotations
 
-import html
 import itertools
 import math
-import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from kdbook.doctor.diagnosis import Diagnosis, close
 from kdbook.losses import (
     DKD_BETA,
     DKD_WARMUP,
@@ -34,41 +32,9 @@ from kdbook.losses import (
 )
 
 KDLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], torch.Tensor]
-
 PROBE_BATCH = 6  # samples in the probe batch (distinct from the class count on purpose)
 PROBE_CLASSES = 10
 PROBE_ALPHA = 0.7  # the book's default: the soft term weighs more than the cross-entropy
-REL_TOL, ABS_TOL = 1e-4, 1e-6
-
-
-@dataclass
-class Diagnosis:
-    """Result of a check: ``ok`` when nothing is wrong, else one sentence per problem."""
-
-    ok: bool
-    problems: list[str] = field(default_factory=list)
-    summary: str = "matches kd_loss"  # what ``ok`` means, shown after the check mark
-
-    def __str__(self) -> str:
-        if self.ok:
-            return f"✓ {self.summary}"
-        return "\n".join(f"✗ {p}" for p in self.problems)
-
-    def __repr__(self) -> str:
-        return str(self)
-
-    def _repr_html_(self) -> str:
-        if self.ok:
-            text = html.escape(self.summary).replace("kd_loss", "<code>kd_loss</code>")
-            return f'<p style="color:green">✓ {text}</p>'
-        items = "".join(f"<li>✗ {html.escape(p)}</li>" for p in self.problems)
-        return f'<ul style="color:firebrick; list-style:none; padding-left:0">{items}</ul>'
-
-
-def _close(a: float, b: float) -> bool:
-    if math.isnan(a) or math.isnan(b):
-        return math.isnan(a) and math.isnan(b)
-    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 
 def _probe_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -174,8 +140,8 @@ def _term_problems(
     """The loss at alpha 0, 1 and PROBE_ALPHA against kd_loss: problems, right, soft alpha."""
     problems: list[str] = []
     ce = F.cross_entropy(s, y).item()
-    right = all(_close(values[a], kd_loss(s, t, y, temperature, a).item()) for a in values)
-    swapped = _close(values[1.0], ce) and not _close(values[0.0], ce)
+    right = all(close(values[a], kd_loss(s, t, y, temperature, a).item()) for a in values)
+    swapped = close(values[1.0], ce) and not close(values[0.0], ce)
     soft_alpha = 0.0 if swapped else 1.0
     if not right:
         if swapped:
@@ -184,7 +150,7 @@ def _term_problems(
                 "convention; at alpha=1 only the cross-entropy is left): write "
                 "alpha * soft + (1 - alpha) * CE, or call it with 1 - alpha"
             )
-        elif not _close(values[0.0], ce) and not math.isnan(values[1.0]):
+        elif not close(values[0.0], ce) and not math.isnan(values[1.0]):
             # (0 * NaN is NaN: a NaN soft term spoils alpha=0 too; it is named below)
             problems.append(
                 f"at alpha=0 (cross-entropy only) the loss is {values[0.0]:.4f}, "
@@ -193,8 +159,8 @@ def _term_problems(
             )
         soft = values[soft_alpha]
         right_soft = soft_kd_term(s, t, temperature).item()
-        if not _close(soft, right_soft):
-            matches = [k for k, v in _soft_variants(s, t, temperature).items() if _close(soft, v)]
+        if not close(soft, right_soft):
+            matches = [k for k, v in _soft_variants(s, t, temperature).items() if close(soft, v)]
             if matches:
                 problems += [_explain(m, temperature) for m in min(matches, key=len)]
             else:
@@ -205,7 +171,7 @@ def _term_problems(
                 )
         mix_weight = 1 - PROBE_ALPHA if swapped else PROBE_ALPHA
         mixed = mix_weight * values[soft_alpha] + (1 - mix_weight) * values[1 - soft_alpha]
-        if not _close(values[PROBE_ALPHA], mixed):
+        if not close(values[PROBE_ALPHA], mixed):
             problems.append(
                 f"the loss at alpha={PROBE_ALPHA} is not the weighted sum of the two terms "
                 "(its values at alpha=1 and alpha=0): mix them as "
@@ -223,7 +189,7 @@ def _invariance_problems(
     same, error = _call(fn, s, s.clone(), y, temperature, soft_alpha)
     if error:
         problems.append(error)
-    elif not _close(same.item(), 0.0):
+    elif not close(same.item(), 0.0):
         problems.append(
             f"with student == teacher the soft term is {same.item():.4g}, not 0: the KL of a "
             "distribution with itself is 0 (check which side gets log_softmax and log_target)"
@@ -233,7 +199,7 @@ def _invariance_problems(
     )
     if error:
         problems.append(error)
-    elif not _close(doubled.item(), value):
+    elif not close(doubled.item(), value):
         problems.append(
             f"duplicating the batch changes the loss from {value:.4f} to "
             f"{doubled.item():.4f}: a per-sample mean must not depend on the batch size "
@@ -373,16 +339,16 @@ def _warmup_problem(
             return error
         values[p] = value.item()
     weights = {p: (v - ce) / dkd for p, v in values.items()}
-    if all(_close(weights[p], dkd_warmup_weight(p, warmup)) for p in points):
+    if all(close(weights[p], dkd_warmup_weight(p, warmup)) for p in points):
         return None
-    if _close(values[0.0], 0.0) and all(
-        _close(values[p], dkd_warmup_weight(p, warmup) * (ce + dkd)) for p in points
+    if close(values[0.0], 0.0) and all(
+        close(values[p], dkd_warmup_weight(p, warmup) * (ce + dkd)) for p in points
     ):
         return (
             "the warm-up scales the cross-entropy too (the loss is 0 at progress 0): only "
             "the DKD term ramps up, the cross-entropy has its full weight from the start"
         )
-    if all(_close(w, 1.0) for w in weights.values()):
+    if all(close(w, 1.0) for w in weights.values()):
         return (
             f"the DKD term has no warm-up (full weight at progress 0): scale it by "
             f"min(progress / warmup, 1), warmup = {warmup:.4g} of training (the paper's "
@@ -419,9 +385,9 @@ def _check_dkd(fn: Callable[..., torch.Tensor], temperature: float, warmup: floa
     if not value.requires_grad:
         return Diagnosis(False, ["the loss carries no gradient to student_logits"])
     right = dkd_objective(s, t, y, temperature, beta, 1.0, warmup=warmup).item()
-    if not _close(value.item(), right):
+    if not close(value.item(), right):
         matches = [k for k, v in _dkd_variants(s, t, y, temperature, beta).items()
-                   if _close(value.item(), v)]  # fmt: skip
+                   if close(value.item(), v)]  # fmt: skip
         if matches:
             return Diagnosis(False, [_explain_dkd(m, temperature) for m in matches])
         return Diagnosis(
@@ -433,256 +399,3 @@ def _check_dkd(fn: Callable[..., torch.Tensor], temperature: float, warmup: floa
         )
     problem = _warmup_problem(fn, s, t, y, temperature, beta, warmup)
     return Diagnosis(problem is None, [problem] if problem else [], summary)
-
-
-def check_mean_ci(values: Sequence[float], mean: float | None, ci95: float | None) -> Diagnosis:
-    """Check a mean and 95% half-width computed by hand from ``values`` (e.g. per-seed gains).
-
-    The right interval is Student's t: ``mean ± t(0.975, n - 1) * sd / sqrt(n)`` with the
-    sample standard deviation (``ddof=1``), as :func:`kdbook.compare.mean_ci` computes.
-    With 5 seeds t is about 2.78, not 1.96: few runs make a wider interval.
-
-    Args:
-        values: the numbers the interval summarises (at least two).
-        mean, ci95: the reader's answer; ``None`` means not answered yet.
-
-    Returns:
-        A :class:`Diagnosis` naming the usual mistakes (1.96 instead of t, population sd,
-        standard deviation or standard error instead of the half-width).
-    """
-    from scipy.stats import t as student_t
-
-    from kdbook.compare import mean_ci
-
-    values = [float(v) for v in values]
-    if len(values) < 2:
-        raise ValueError(f"values must hold at least two numbers, got {values!r}")
-    if mean is None or ci95 is None:
-        return Diagnosis(False, ["not answered yet: set both the mean and the half-width"])
-    right_mean, right_ci = mean_ci(values)
-    n = len(values)
-    sd = statistics.stdev(values)
-    quantile = float(student_t.ppf(0.975, n - 1))
-    problems = []
-    if not math.isclose(mean, right_mean, rel_tol=1e-3, abs_tol=1e-6):
-        problems.append(
-            f"the mean is {right_mean:.4g}, not {mean:.4g}: sum the values, divide by n"
-        )
-    if not math.isclose(ci95, right_ci, rel_tol=1e-3, abs_tol=1e-6):
-        wrong = {
-            "1.96 (a normal quantile) stands where Student's t quantile with n - 1 = "
-            f"{n - 1} degrees of freedom ({quantile:.3f}) belongs: with few seeds "
-            "the interval is wider": 1.96 * sd / math.sqrt(n),
-            "the standard deviation was not divided by sqrt(n): the interval is for the "
-            "mean, so it uses the standard error sd / sqrt(n)": quantile * sd,
-            "the population standard deviation (ddof=0, numpy's default) was used: use "
-            "the sample one (ddof=1, statistics.stdev)": quantile
-            * statistics.pstdev(values)
-            / math.sqrt(n),
-            "that is the standard deviation, not the interval's half-width t * sd / sqrt(n)": sd,
-            f"that is the standard error; multiply it by t ({quantile:.3f})": sd / math.sqrt(n),
-        }
-        named = [why for why, v in wrong.items() if math.isclose(ci95, v, rel_tol=1e-3)]
-        problems.append(
-            named[0]
-            if named
-            else f"the half-width is {right_ci:.4g}, not {ci95:.4g}: t(0.975, n-1) * sd / sqrt(n)"
-        )
-    return Diagnosis(not problems, problems)
-
-
-ECEFn = Callable[..., float]
-
-
-def check_ece(fn: ECEFn, *, num_bins: int = 10) -> Diagnosis:
-    """Check a reader's ``fn(logits, labels, num_bins)`` against :func:`kdbook.evaluate.ece`.
-
-    ECE (Guo et al. 2017) in percent: split the test samples by confidence (max softmax
-    probability) into ``num_bins`` equal-width bins over (0, 1], and average
-    ``|accuracy - confidence|`` over the bins weighted by the share of samples in each.
-
-    Returns:
-        A :class:`Diagnosis` naming a fraction returned for a percentage, an unweighted
-        mean over bins, or a signed gap without the absolute value.
-    """
-    from kdbook.evaluate import calibration_bins, ece
-
-    g = torch.Generator().manual_seed(0)
-    logits = 3.0 * torch.randn(200, PROBE_CLASSES, generator=g)
-    labels = torch.where(
-        torch.rand(200, generator=g) < 0.6,
-        logits.argmax(1),
-        torch.randint(0, PROBE_CLASSES, (200,), generator=g),
-    )
-    try:
-        value = float(fn(logits, labels, num_bins))
-    except Exception as e:  # the reader's code may raise anything: report it
-        return Diagnosis(False, [f"calling it raised {type(e).__name__}: {e}"])
-    right = ece(logits, labels, num_bins)
-    if math.isclose(value, right, rel_tol=1e-4, abs_tol=1e-6):
-        return Diagnosis(True)
-    bins = calibration_bins(logits, labels, num_bins)
-    filled = bins[bins["count"] > 0]
-    gap = filled["accuracy"] - filled["confidence"]
-    wrong = {
-        "it returns a fraction; the book reports ECE in percent (multiply by 100)": right / 100,
-        "the bins are averaged with equal weights; weight each bin by its share of the "
-        "samples": 100.0 * float(gap.abs().mean()),
-        "the gaps are signed, so over- and under-confidence cancel: take |accuracy - "
-        "confidence| per bin": 100.0 * abs(float((gap * filled["count"]).sum()) / len(labels)),
-    }
-    named = [why for why, v in wrong.items() if math.isclose(value, v, rel_tol=1e-4)]
-    return Diagnosis(
-        False, named[:1] or [f"got {value:.4g}, kdbook.evaluate.ece gives {right:.4g}"]
-    )
-
-
-# ---------------------------------------------------------------- the teacher
-
-
-def _names(names: Sequence[str], limit: int = 4) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def check_teacher_frozen(model: torch.nn.Module) -> Diagnosis:
-    """Check that no parameter of a teacher would be trained.
-
-    Finds parameters that still have ``requires_grad`` (the teacher would get gradients,
-    and would be updated if its parameters reached an optimizer), and the attribute
-    mistake of source 4 (bug 3): ``param.requires_grad_ = False`` creates an attribute
-    named ``requires_grad_`` that hides the method and freezes nothing.
-
-    >>> from torch import nn
-    >>> check_teacher_frozen(nn.Linear(2, 2).requires_grad_(False)).ok
-    True
-
-    Returns:
-        A :class:`Diagnosis` counting the trainable parameters, with the fix.
-    """
-    named = list(model.named_parameters())
-    trainable = [name for name, p in named if p.requires_grad]
-    shadowed = [name for name, p in named if "requires_grad_" in vars(p)]
-    problems = []
-    if shadowed:
-        problems.append(
-            f"{len(shadowed)} parameters have an attribute named requires_grad_ "
-            f"({_names(shadowed)}): `p.requires_grad_ = False` stores a value and freezes "
-            "nothing (source 4's bug); call the method: p.requires_grad_(False), or "
-            "teacher.requires_grad_(False) for all of them (delete the attribute first: "
-            "del p.requires_grad_)"
-        )
-    if trainable:
-        count = sum(p.numel() for _, p in named if p.requires_grad)
-        problems.append(
-            f"{len(trainable)} of {len(named)} parameter tensors ({count:,} weights) still "
-            f"require grad ({_names(trainable)}): freeze the teacher with "
-            "teacher.requires_grad_(False) and run it under torch.no_grad()"
-        )
-    total = sum(p.numel() for _, p in named)
-    return Diagnosis(
-        not problems, problems, f"all {len(named)} parameter tensors ({total:,} weights) frozen"
-    )
-
-
-_BATCHNORM = (torch.nn.modules.batchnorm._BatchNorm,)
-_DROPOUT = (torch.nn.modules.dropout._DropoutNd, torch.nn.AlphaDropout)
-
-
-def check_eval_mode(model: torch.nn.Module) -> Diagnosis:
-    """Check that a teacher is in eval mode where it matters: BatchNorm and Dropout.
-
-    In train mode BatchNorm normalises with the batch's statistics and updates its running
-    statistics on every forward pass (the teacher changes while it teaches), and Dropout
-    zeroes units at random (noisy targets): bug 7 of the sources.
-
-    >>> from torch import nn
-    >>> check_eval_mode(nn.Sequential(nn.Linear(2, 2), nn.Dropout()).eval()).ok
-    True
-
-    Returns:
-        A :class:`Diagnosis` naming the layers in train mode, with the fix.
-    """
-    modules = list(model.named_modules())
-    training = [(name or "(model)", m) for name, m in modules if m.training]
-    norms = [name for name, m in training if isinstance(m, _BATCHNORM)]
-    drops = [name for name, m in training if isinstance(m, _DROPOUT)]
-    problems = []
-    if norms:
-        problems.append(
-            f"{len(norms)} BatchNorm layers are in train mode ({_names(norms)}): each "
-            "forward pass normalises with the batch's statistics and moves running_mean and "
-            "running_var; call teacher.eval()"
-        )
-    if drops:
-        problems.append(
-            f"{len(drops)} Dropout layers are in train mode ({_names(drops)}): they zero "
-            "units at random, so the soft targets are noisy; call teacher.eval()"
-        )
-    if problems:
-        return Diagnosis(False, problems)
-    if training:
-        return Diagnosis(
-            True,
-            summary=f"{len(training)} modules in train mode, none of them BatchNorm or "
-            "Dropout: the outputs are the same as in eval mode (call .eval() anyway)",
-        )
-    return Diagnosis(True, summary=f"all {len(modules)} modules in eval mode")
-
-
-def batchnorm_running_means(model: torch.nn.Module) -> torch.Tensor:
-    """Every BatchNorm layer's ``running_mean``, as one flat copy.
-
-    Compare it before and after a forward pass: a model left in train mode moves it even
-    under ``torch.no_grad()`` (what :func:`check_eval_mode` warns about).
-    """
-    means = [m.running_mean for m in model.modules() if isinstance(m, _BATCHNORM)]
-    if not means:
-        raise ValueError(f"model {type(model).__name__} has no BatchNorm layer")
-    return torch.cat([m.detach().flatten() for m in means])
-
-
-def saved_bytes(fn: Callable[[], object]) -> int:
-    """Bytes of activations autograd keeps for a backward pass while ``fn()`` runs.
-
-    Counts each distinct storage saved through ``torch.autograd.graph.saved_tensors_hooks``,
-    leaving out the parameters (leaves that require grad: they are in memory anyway).
-    Under ``torch.no_grad()`` nothing is saved, so it returns 0.
-    """
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if not (t.is_leaf and t.requires_grad):
-            storage = t.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
-
-
-def check_no_grad(teacher_forward: Callable[[], object]) -> Diagnosis:
-    """Run ``teacher_forward()`` (e.g. ``lambda: teacher(x).detach()``) and look at autograd.
-
-    A teacher's forward pass run without ``torch.no_grad()`` records a graph and keeps
-    every activation for a backward pass that never comes; ``.detach()`` afterwards gives
-    the right values but saves nothing (source 3, bug 4). Returns a problem when the call
-    saved tensors for backward or returned a tensor that carries a graph.
-    """
-    outputs: list[object] = []
-    saved = saved_bytes(lambda: outputs.append(teacher_forward()))
-    out = outputs[0]
-    problems = []
-    if saved:
-        problems.append(
-            f"the teacher's forward pass kept {saved / 1024:,.1f} KiB of activations for a "
-            "backward pass that never comes (and spent time recording the graph): run it "
-            "inside `with torch.no_grad():` (a .detach() afterwards does not undo this)"
-        )
-    if isinstance(out, torch.Tensor) and out.requires_grad:
-        problems.append(
-            "the teacher's output requires grad: the loss would send gradients into the "
-            "teacher; compute it under torch.no_grad() (or .detach() it)"
-        )
-    return Diagnosis(not problems, problems, "no graph recorded, nothing saved for backward")

@@ -1,0 +1,121 @@
+"""Distillation losses, each function beside its training :class:`Term`, formula and paper in
+the docstring.
+
+- :mod:`kdbook.losses.base`: the term protocol (:class:`Outputs`, :class:`Term`, the registry).
+- :mod:`kdbook.losses.logit`: Hinton's loss (:func:`kd_loss`, :class:`LogitKD`), soft targets,
+  logit standardisation, ensembles (notebooks 04 and 05).
+- :mod:`kdbook.losses.dkd`: decoupled KD (:func:`dkd_loss`, :class:`DKD`; notebook 13).
+- :mod:`kdbook.losses.features`: hints, attention transfer, token alignment
+  (:class:`FeatureKD`; notebooks 09 and 10).
+- :mod:`kdbook.losses.buggy`: the sources' buggy variants (notebook 08; a teaching aid).
+
+A new loss is one class::
+
+    @register_term("prob_l2")
+    class ProbL2(Term):
+        def __init__(self, weight=1.0):
+            super().__init__()
+            self.weight = weight
+
+        def forward(self, out, progress):
+            p, q = out.logits.softmax(1), out.teacher_logits.softmax(1)
+            l2 = (p - q).pow(2).sum(1).mean()
+            return self.weight * l2, {"prob_l2": l2}
+
+and ``fit(student, data, teacher=t, terms=[ProbL2(0.5)])`` trains with it, logs it, records
+its settings and resumes it; neither ``fit`` nor the checkpoint code changes.
+"""
+
+from __future__ import annotations
+
+from kdbook.losses.base import (
+    TERMS,
+    Outputs,
+    Schedulable,
+    Term,
+    check_schedule,
+    list_terms,
+    register_term,
+    setting,
+)
+from kdbook.losses.buggy import (
+    BUGGY_KD_LOSSES,
+    kd_loss_alpha_on_ce,
+    kd_loss_source3,
+    kd_loss_source4,
+)
+from kdbook.losses.dkd import (
+    DKD,
+    DKD_BETA,
+    DKD_WARMUP,
+    check_beta,
+    dkd_loss,
+    dkd_objective,
+    dkd_terms,
+    dkd_warmup_weight,
+)
+from kdbook.losses.features import (
+    AttentionTransfer,
+    FeatureAdapter,
+    FeatureKD,
+    HintLoss,
+    SEBlock,
+    TokenAlignment,
+    attention_map,
+    attention_transfer_loss,
+    hint_loss,
+    tokens_to_map,
+)
+from kdbook.losses.logit import (
+    CrossEntropy,
+    LogitKD,
+    check_logit_shapes,
+    check_temperature_alpha,
+    ensemble_logits,
+    kd_loss,
+    soft_kd_term,
+    soft_targets,
+    standardize_logits,
+)
+
+__all__ = [
+    "AttentionTransfer",
+    "BUGGY_KD_LOSSES",
+    "CrossEntropy",
+    "DKD",
+    "DKD_BETA",
+    "DKD_WARMUP",
+    "FeatureAdapter",
+    "FeatureKD",
+    "HintLoss",
+    "LogitKD",
+    "Outputs",
+    "SEBlock",
+    "Schedulable",
+    "TERMS",
+    "Term",
+    "TokenAlignment",
+    "attention_map",
+    "attention_transfer_loss",
+    "check_beta",
+    "check_logit_shapes",
+    "check_schedule",
+    "check_temperature_alpha",
+    "dkd_loss",
+    "dkd_objective",
+    "dkd_terms",
+    "dkd_warmup_weight",
+    "ensemble_logits",
+    "hint_loss",
+    "kd_loss",
+    "kd_loss_alpha_on_ce",
+    "kd_loss_source3",
+    "kd_loss_source4",
+    "list_terms",
+    "register_term",
+    "setting",
+    "soft_kd_term",
+    "soft_targets",
+    "standardize_logits",
+    "tokens_to_map",
+]
