@@ -95,9 +95,10 @@ def summarize_methods(
 
 
 def paired_gain(with_it: pd.Series, without_it: pd.Series) -> tuple[pd.Series, float, float]:
-    """``with_it - without_it`` seed by seed, its mean and 95% half-width (:func:`mean_ci`)."""
+    """``with_it - without_it`` seed by seed, its mean and 95% half-width (:func:`mean_ci`
+    over the seeds where both runs finished: a diverged run's NaN is left out)."""
     diff = with_it - without_it
-    gain, ci95 = mean_ci(diff.tolist())
+    gain, ci95 = _mean_ci_finite(diff)
     return diff, gain, ci95
 
 
@@ -341,8 +342,8 @@ class Comparison:
             ],
             f"gain over {scratch} (points)": gains("gain_vs_scratch"),
             f"vs {scratch}": [
-                relative_verdict(m, c, scratch) if relative else verdict(m, c)
-                for m, c in _pairs(s, "gain_vs_scratch")
+                relative_verdict(m, c, scratch) if relative else method_verdict(_short(n), m, c)
+                for n, (m, c) in zip(s.index, _pairs(s, "gain_vs_scratch"), strict=True)
             ],
         }
         if base is not None:
@@ -362,6 +363,11 @@ class Comparison:
         if base is not None:
             table.loc[base, [f"gain over {base} (points)", f"vs {base}"]] = REFERENCE
         return table
+
+
+def _short(method: str) -> str:
+    """A method's name in a verdict: ``'KD'`` for :func:`compare`'s ``student (KD)``."""
+    return "KD" if method == KD else method
 
 
 def _pairs(summary: pd.DataFrame, column: str) -> list[tuple[float, float]]:

@@ -192,6 +192,21 @@ class Dataset:
             labels[hidden] = UNLABELED
         return replace(self, train=Split(self.train.images, labels))
 
+    def with_teacher_labels(self, logits: torch.Tensor) -> Dataset:
+        """The training split with every hidden label replaced by the teacher's top class
+        (``logits``: the teacher's on the training split, in order); labelled images keep
+        theirs. The control that separates what a teacher's labels give a student from what
+        its soft targets add (notebook 05)."""
+        if logits.shape != (len(self.train), self.num_classes):
+            raise ValueError(
+                f"logits must be the teacher's on the training split, shape "
+                f"{(len(self.train), self.num_classes)}, got {tuple(logits.shape)}"
+            )
+        labels = self.train.labels.clone()
+        hidden = labels == UNLABELED
+        labels[hidden] = logits.argmax(1)[hidden].to(labels.dtype)
+        return replace(self, train=Split(self.train.images, labels))
+
     def without_class(self, cls: int) -> Dataset:
         """The training split without any image of class ``cls`` (validation and test keep it).
 

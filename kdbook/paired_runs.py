@@ -28,6 +28,9 @@ from kdbook.train import TimeEstimate
 
 SECONDS = " s/epoch"  # per_seed column suffix: a run's mean seconds per epoch
 CHANCE_MARGIN = 5.0  # points above chance at or below which a run's end counts as diverged
+# A recipe's key for its own training split (e.g. the teacher's hard labels in place of the
+# hidden ones: a control); its validation and test splits must be the comparison's.
+TRAIN_DATA = "train_data"
 
 
 def first_layer_norm(model: nn.Module) -> float:
@@ -75,9 +78,18 @@ def train_recipes(
 ) -> Runs:
     """Train one copy of ``student`` per recipe and seed, every copy of a seed from the same
     weights, and measure each on ``splits`` (``("val",)`` while tuning: the test split
-    unread). The machinery of :func:`compare_methods` (its plan, what stacks, the time
-    estimate); a run that :func:`diverged` is named in ``Runs.diverged`` and its accuracies
-    are NaN, never a number averaged into a verdict."""
+    unread). The machinery of :func:`kdbook.compare.compare_methods` (its plan, what stacks,
+    the time estimate); a run that :func:`diverged` is named in ``Runs.diverged`` and its
+    accuracies are NaN, never a number averaged into a verdict. A recipe may train on its own
+    data (``{TRAIN_DATA: dataset}``, the same validation and test splits): such runs train
+    one at a time."""
+    for name, recipe in recipes.items():
+        own = recipe.get(TRAIN_DATA)
+        if own is not None and not (own.val is data.val and own.test is data.test):
+            raise ValueError(
+                f"{name}: its {TRAIN_DATA} must share the comparison's validation and test "
+                "splits (change only the training split)"
+            )
     if not seeds:
         raise ValueError("seeds must name at least one seed, got []")
     if not splits or not set(splits) <= {"val", "test"}:
@@ -188,10 +200,11 @@ class _Plan:
         from kdbook.train import fit
 
         kwargs = dict(run.kwargs)
+        data = kwargs.pop(TRAIN_DATA, self.data)  # a recipe's own training images or labels
         if not self.timed and kwargs.get("progress") is False:
             kwargs["hooks"] = [*kwargs.get("hooks", ()), TimeEstimate(self.alone, self.epochs)]
             self.timed = True
-        return fit(run.model, self.data, **kwargs)
+        return fit(run.model, data, **kwargs)
 
     def groups(self, runs: list[_Run]) -> list[list[_Run]]:
         """The stacked runs by architecture and shared settings, in order."""

@@ -1,16 +1,20 @@
-"""What `make test` runs after lint: the unit tests, the book and nbval, sharing the cores.
+"""What `make test` runs after lint: the unit tests, the books and nbval, sharing the cores.
 
-The book (`kdbook book`) runs its notebooks in order on one core. The unit tests run next to
-it. nbval checks each executed copy as soon as the book has finished that notebook and a core
-is free, so the checks of the early chapters run while the book is still on the late ones.
-Each of these processes trains on one thread (``threads='auto'``), so on two cores the whole
-takes about as long as the book plus the checks of its last notebooks.
+The classroom book (`kdbook book`) runs its notebooks in order on one core. The unit tests
+run next to it. nbval checks each executed copy as soon as the book has finished that
+notebook and a core is free, so the checks of the early chapters run while the book is still
+on the late ones. Then, whenever a core is free and no nbval waits, the other presets run the
+whole book on data they accept (``tests/preset_books.py``: ``imagefolder`` on a two-class
+and a five-class tree of JPEG files, ``cifar10`` on SYNTHETIC CIFAR-shaped images), into
+``RUN_DIR-<preset book>``; each must finish every notebook. Each of these processes trains
+mostly on one thread (``threads='auto'``).
 
     python tests/make_test.py RUN_DIR
 
-Exit status 0 when the unit tests, the book and every notebook's nbval passed; 1 otherwise,
-with one line per failure. The unit tests' log is printed at the end, each nbval log where it
-failed (all logs stay under ``RUN_DIR-logs/``).
+Exit status 0 when the unit tests, every book and every notebook's nbval passed, and nbval
+left the classroom book's folder as the book wrote it; 1 otherwise, with one line per
+failure. The unit tests' log is printed at the end, each failed log too (all logs stay
+under ``RUN_DIR-logs/``), and each book's time.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from preset_books import extra_books
 
 BIN = Path(sys.executable).parent
 POLL_SECONDS = 2.0
@@ -60,6 +66,29 @@ def rewritten(run_dir: Path, as_written: dict[str, str]) -> list[str]:
     return failures
 
 
+def summary_disagreements(run_dir: Path) -> list[str]:
+    """Failures where summary.md does not carry a verdict a notebook saved: every comparison
+    row of ``metrics/*.json`` must be a row of summary.md with its notebook, setting, method
+    and verdict."""
+    from kdbook.report import method_verdict
+
+    summary = (run_dir / "summary.md").read_text(encoding="utf-8")
+    lines = [line for line in summary.splitlines() if line.startswith("| ")]
+    failures = []
+    for path in sorted((run_dir / "metrics").glob("*.json")):
+        for row in json.loads(path.read_text()).get("comparisons") or []:
+            method = row.get("method", "KD")
+            word = row.get("verdict") or method_verdict(
+                method, row.get("gain_mean"), row.get("gain_ci95")
+            )
+            cells = [f"| {path.stem} | {row.get('setting')} | {method} |", f"| {word} |"]
+            if not any(all(cell in line for cell in cells) for line in lines):
+                failures.append(
+                    f"summary.md lacks {path.stem}'s row {row.get('setting')!r}: {word}"
+                )
+    return failures
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
@@ -86,6 +115,10 @@ def main(run_dir: Path) -> int:
     checked: dict[str, int] = {}  # notebook -> nbval's exit status
     failures: list[str] = []
     unit_rc = book_rc = None
+    book_started = time.perf_counter()
+    extra = extra_books(run_dir.with_name(run_dir.name + "-data"))
+    extra_running: dict[str, tuple[subprocess.Popen, float]] = {}
+    extra_done: dict[str, tuple[int, float]] = {}  # book -> exit status, seconds
     while True:
         if unit_rc is None and (unit_rc := unit.poll()) is not None:
             print(f"[make test] unit tests exit {unit_rc} after {elapsed()}", flush=True)
@@ -93,6 +126,7 @@ def main(run_dir: Path) -> int:
                 failures.append(f"unit tests exit {unit_rc} (log: {unit_log})")
         if book_rc is None and (book_rc := book.poll()) is not None:
             print(f"[make test] kdbook book exit {book_rc} after {elapsed()}", flush=True)
+            extra_done["classroom"] = (book_rc, time.perf_counter() - book_started)
             if book_rc:
                 failures.append(f"kdbook book exit {book_rc}")
             as_written = folder_digest(run_dir)  # nbval must leave the book as it wrote it
@@ -108,7 +142,16 @@ def main(run_dir: Path) -> int:
             )
             if rc:
                 failures.append(f"nbval {name} exit {rc} (log: {logs / name}.log)")
-        busy = (book_rc is None) + (unit_rc is None) + len(running)
+        for name, (proc, start) in list(extra_running.items()):
+            if (rc := proc.poll()) is None:
+                continue
+            del extra_running[name]
+            extra_done[name] = (rc, time.perf_counter() - start)
+            verdict = "ok" if rc == 0 else f"FAILED (exit {rc})"
+            print(f"[make test] book {name}: {verdict} after {elapsed()}", flush=True)
+            if rc:
+                failures.append(f"kdbook book {name} exit {rc} (log: {logs / name}.log)")
+        busy = (book_rc is None) + (unit_rc is None) + len(running) + len(extra_running)
         waiting = [n for n in finished_notebooks(run_dir) if n not in checked and n not in running]
         while waiting and busy < cores():
             name = waiting.pop(0)
@@ -127,26 +170,46 @@ def main(run_dir: Path) -> int:
                 )
             running[name] = (proc, time.perf_counter())
             busy += 1
-        if book_rc is not None and unit_rc is not None and not running and not waiting:
+        while extra and busy < cores() and not waiting:
+            name, params = extra.popitem()
+            out_dir = run_dir.with_name(f"{run_dir.name}-{name}")
+            shutil.rmtree(out_dir, ignore_errors=True)
+            with (logs / f"{name}.log").open("w") as out:
+                proc = subprocess.Popen(
+                    [BIN / "kdbook", "book", "--out", str(out_dir), *params]
+                    + ["--timeout", str(CELL_TIMEOUT)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            extra_running[name] = (proc, time.perf_counter())
+            busy += 1
+        idle = not running and not waiting and not extra and not extra_running
+        if book_rc is not None and unit_rc is not None and idle:
             break
         time.sleep(POLL_SECONDS)
 
     if book_rc == 0:
         failures += rewritten(run_dir, as_written)
+        failures += summary_disagreements(run_dir)
 
     print(f"--- pytest tests ({unit_log}) ---")
     print(unit_log.read_text(), end="")
     for name in (n for n, rc in checked.items() if rc):
         print(f"--- nbval {name} ({logs / name}.log) ---")
         print((logs / f"{name}.log").read_text(), end="")
+    for name in (n for n, (rc, _) in extra_done.items() if rc and n != "classroom"):
+        print(f"--- kdbook book {name} ({logs / name}.log) ---")
+        print((logs / f"{name}.log").read_text()[-6000:], end="")
+    for name, (rc, seconds) in extra_done.items():
+        print(f"[make test] book {name}: exit {rc}, {seconds / 60:.1f} min")
     if failures:
         print(f"make test: {len(failures)} failed after {elapsed()}:")
         for line in failures:
             print(f"  {line}")
         return 1
     print(
-        f"make test: unit tests, the book and nbval of {len(checked)} notebooks passed "
-        f"in {elapsed()}"
+        f"make test: unit tests, {len(extra_done)} books ({', '.join(extra_done)}) and nbval "
+        f"of {len(checked)} notebooks passed in {elapsed()}"
     )
     return 0
 

@@ -269,7 +269,7 @@ def test_table_formats_verdicts_references_and_times() -> None:
     ]
     assert table["accuracy (%)"].tolist() == ["81.0 ± 2.5", "84.0 ± 2.5", "81.3 ± 2.6"]
     assert table["gain over scratch (points)"].tolist() == [REFERENCE, "+3.0 ± 0.0", "+0.3 ± 0.7"]
-    assert table["vs scratch"].tolist() == [REFERENCE, "KD helps", "inside seed noise"]
+    assert table["vs scratch"].tolist() == [REFERENCE, "A helps", "inside seed noise"]  # by name
     assert table["gain over A (points)"].tolist() == ["-3.0 ± 0.0", REFERENCE, "-2.7 ± 0.7"]
     assert table["vs A"].tolist() == ["worse than A", REFERENCE, "worse than A"]
     assert table["time vs scratch (x)"].tolist() == [1.0, 2.0, 3.0]

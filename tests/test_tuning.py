@@ -98,3 +98,40 @@ def test_a_method_that_diverges_everywhere_has_no_choice(digits, teacher):
     assert "KD" not in tuning.chosen
     assert tuning.unchosen["KD"] == "none: diverged at every one of its 1 settings"
     assert tuning.choices().loc["KD", "chosen on validation"].startswith("none")
+
+
+def test_hard_label_control_data(digits):
+    """``with_teacher_labels``: hidden labels become the teacher's top class, the labelled
+    images keep theirs, validation and test are untouched."""
+    import torch
+
+    from kdbook.data import UNLABELED
+
+    scarce = digits.with_label_fraction(0.1, seed=0)
+    logits = torch.zeros(len(scarce.train), digits.num_classes)
+    logits[:, 7] = 1.0  # a teacher that always says 7
+    hard = scarce.with_teacher_labels(logits)
+    hidden = scarce.train.labels == UNLABELED
+    assert (hard.train.labels[hidden] == 7).all()
+    assert torch.equal(hard.train.labels[~hidden], scarce.train.labels[~hidden])
+    assert hard.val is scarce.val and hard.test is scarce.test
+    with pytest.raises(ValueError, match="logits must be the teacher's on the training split"):
+        scarce.with_teacher_labels(logits[:5])
+
+
+def test_a_recipe_trains_on_its_own_training_split(digits):
+    """A control that changes only the training labels (``train_data``) trains alone on
+    them; one that changes the validation split is refused before any training."""
+    from kdbook.compare import compare_methods
+    from kdbook.data import Split
+
+    scarce = digits.with_label_fraction(0.1, seed=0)
+    result = compare_methods(
+        "tiny_cnn", scarce, {"all labels": {"train_data": digits}}, seeds=[0, 1],
+        num_epochs=4, progress=False,
+    )  # fmt: skip
+    assert result.summary.loc["all labels", "accuracy"] > result.summary.loc[SCRATCH, "accuracy"]
+    other = digits.with_label_fraction(0.5)
+    moved = type(other)(**{**other.__dict__, "val": Split(other.val.images, other.val.labels)})
+    with pytest.raises(ValueError, match="must share the comparison's validation and test"):
+        compare_methods("tiny_cnn", digits, {"x": {"train_data": moved}}, seeds=[0])
