@@ -88,14 +88,14 @@ def test_declares_the_data_and_thread_settings_and_says_how_to_ask_for_the_full_
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_the_cell_after_the_parameters_checks_that_kdbook_imports(name: str) -> None:
     """One generated cell, the same in every notebook: restamp them all after a version
-    change with ``python -c "import glob; from kdbook.notebooks import stamp_import_check;
+    change with ``python -c "import glob; from kdbook.machinery.installed import stamp_import_check;
     [stamp_import_check(p) for p in glob.glob('notebooks/*.ipynb')]"``."""
     nb = read(name)
     index = nb.cells.index(parameters_cell(nb))
     cell = nb.cells[index + 1]
     assert cell.get("id") == IMPORT_CHECK_ID, "the cell after the parameters cell"
     assert cell.source == import_check_source(kdbook.__version__), (
-        f"{name}'s import check is not the one kdbook.notebooks.import_check_source generates "
+        f"{name}'s import check is not the one kdbook.machinery.installed.import_check_source generates "
         f"for version {kdbook.__version__}: restamp it (see this test's docstring)"
     )
 
