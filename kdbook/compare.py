@@ -146,6 +146,7 @@ class Comparison:
     baseline: str | None = None
     models: dict[int, dict[str, nn.Module]] = field(default_factory=dict, repr=False)
     diverged: dict[str, list[int]] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)  # method -> why it has no runs
 
     @classmethod
     def from_per_seed(
@@ -222,7 +223,7 @@ class Comparison:
         name = "KD" if self._pair else method
         gain, ci95 = self._gain(method)
         caveats = [self.diverged_note(m) for m in (SCRATCH, method) if self.diverged_note(m)]
-        if math.isnan(ci95):
+        if math.isnan(ci95) and method not in self.excluded:
             caveats.append("one seed: no interval")
         return {
             "setting": self._label(method),
@@ -278,7 +279,10 @@ class Comparison:
 
     def diverged_note(self, method: str) -> str:
         """``'DKD diverged on 7 of 10 seeds (1, 2, ...)'`` for a method (or scratch) with
-        diverged runs, else ``''``."""
+        diverged runs, why it has no runs when it was left out (:attr:`excluded`), else
+        ``''``."""
+        if method in self.excluded:
+            return f"{method}: {self.excluded[method]}"
         seeds = self.diverged.get(method, [])
         if not seeds:
             return ""

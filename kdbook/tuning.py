@@ -234,10 +234,26 @@ class Tuning:
         recipes = self.recipes()
         if baseline is not None and baseline not in recipes:
             baseline = None  # it diverged at every setting: the comparison says so
-        return compare_methods(
+        result = compare_methods(
             self.student, self.data, recipes, seeds=list(seeds), baseline=baseline,
             setting=self.setting, **shared,
         )  # fmt: skip
+        if not self.unchosen:
+            return result
+        # A method without a choice stays in the tables, with no run and the reason.
+        per_seed = result.per_seed.assign(**dict.fromkeys(self.unchosen, math.nan))
+        methods = [m.name for m in self.methods if m.name != SCRATCH]
+        final = Comparison.from_per_seed(
+            per_seed, methods, baseline=baseline, setting=self.setting, diverged=result.diverged
+        )
+        final.models, final.excluded = (
+            result.models,
+            {
+                name: f"no setting chosen in tuning ({why}); not run"
+                for name, why in self.unchosen.items()
+            },
+        )
+        return final
 
     def by_name(self, name: str) -> Method:
         return next(m for m in self.methods if m.name == name)

@@ -95,7 +95,8 @@ def test_the_cell_after_the_parameters_checks_that_kdbook_imports(name: str) -> 
     cell = nb.cells[index + 1]
     assert cell.get("id") == IMPORT_CHECK_ID, "the cell after the parameters cell"
     assert cell.source == import_check_source(kdbook.__version__), (
-        f"{name}'s import check is not the one kdbook.machinery.installed.import_check_source generates "
+        f"{name}'s import check is not the one import_check_source "
+        "(kdbook.machinery.installed) generates "
         f"for version {kdbook.__version__}: restamp it (see this test's docstring)"
     )
 

@@ -98,6 +98,12 @@ def test_a_method_that_diverges_everywhere_has_no_choice(digits, teacher):
     assert "KD" not in tuning.chosen
     assert tuning.unchosen["KD"] == "none: diverged at every one of its 1 settings"
     assert tuning.choices().loc["KD", "chosen on validation"].startswith("none")
+    final = tuning.compare(seeds=[0, 1], num_epochs=2, progress=False, baseline="KD")
+    assert final.verdict("KD") == (
+        "KD: no setting chosen in tuning (none: diverged at every one of its 1 settings); not run"
+    )
+    assert final.row("KD")["caveat"].startswith("KD: no setting chosen")
+    assert final.summary.loc["KD", "n"] == 0
 
 
 def test_hard_label_control_data(digits):

@@ -145,7 +145,8 @@ def test_a_new_user_copies_runs_and_checks_the_book_without_the_repository(
     where = installed.run(
         "python",
         "-c",
-        "import kdbook, kdbook.machinery.installed as n; print(kdbook.__file__); print(n.book_dir())",
+        "import kdbook, kdbook.machinery.installed as n; "
+        "print(kdbook.__file__); print(n.book_dir())",
         cwd=elsewhere,
     ).stdout.split()
     assert all(Path(p).resolve().is_relative_to(site) for p in where), where
