@@ -18,7 +18,8 @@ from typing import Any
 TIMING = re.compile(
     r"seconds|^s$|_s$|s/epoch|per_epoch|\bms\b|_ms|latency|images/s|img/s|speed|time|date|started|"
     r"finished|version|path|run_dir|host|python|torch|platform|hash|duration|elapsed|"
-    r"throughput|threads|cores|^source$",  # source: the notebook file's digest
+    r"throughput|threads|cores|^source$|^skipped$|load_average|^rounds$|faster|^ddp$|^bench$|"
+    r"^measured",  # source: the notebook's digest; skipped: resumed; bench, ddp, measured: speed
     re.I,
 )
 
