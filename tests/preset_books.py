@@ -30,15 +30,16 @@ FIVE_CLASSES = ("circle", "cross", "ring", "stripes", "square")
 # and each test class has eight to ten images; at 10 % labels, two to four keep theirs.
 SPLIT_SIZES = {"train": 40, "val": 10, "test": 10}
 FIVE_SIZES = {"train": 24, "val": 8, "test": 8}
-SYNTHETIC_SIZE = 300  # training images of the synthetic CIFAR-10 book (30 a class)
+SYNTHETIC_SIZE = 100  # training images of the synthetic CIFAR-10 book (10 a class)
 # The parameters every extra book shares: batches of 16 (a few steps an epoch even on these
 # few images), two seeds (the fewest an interval needs), the timing sections of 06 and 12 at
 # small batches and few repeats (a ResNet-18 on a CPU included), and one setting per method
 # tuned on one seed (the protocol's every step, at the least cost).
 SHORT = ["-p", "batch_size", "16", "-p", "num_seeds", "2"]
-SHORT += ["-p", "timing_batch_size", "16", "-p", "timing_calls", "5", "-p", "bench_steps", "5"]
+SHORT += ["-p", "timing_batch_size", "8", "-p", "timing_calls", "5", "-p", "bench_steps", "5"]
 SHORT += ["-p", "bench_repeats", "1", "-p", "memory_batch_size", "64", "-p", "check_epochs", "1"]
-SHORT += ["-p", "ddp_epochs", "2", "-p", "tuning_budget", "1", "-p", "tuning_seeds", "1"]
+SHORT += ["-p", "ddp_epochs", "2", "-p", "cache_views", "2"]
+SHORT += ["-p", "tuning_budget", "1", "-p", "tuning_seeds", "1"]
 
 
 def _picture(
@@ -124,7 +125,7 @@ def extra_books(root: Path) -> dict[str, list[str]]:
                           "-p", "num_epochs", "8", *SHORT],
         "cifar10-synthetic": ["-p", "preset", "cifar10", "-p", "dataset",
                               f"synthetic-cifar10:{SYNTHETIC_SIZE}",
-                              "-p", "num_epochs", "3", *SHORT],  # ResNet-18 on a CPU
+                              "-p", "num_epochs", "2", *SHORT],  # ResNet-18 on a CPU
     }  # fmt: skip
 
 
