@@ -1,4 +1,4 @@
-"""The run folder as a static HTML book: kdbook.html.render_html (run_book calls it)."""
+"""The run folder as a static HTML book: kdbook.machinery.html.render_html (run_book calls it)."""
 
 from __future__ import annotations
 

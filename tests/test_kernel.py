@@ -1,4 +1,4 @@
-"""kdbook.kernel: the book's kernel client looks for each message in short waits."""
+"""kdbook.machinery.kernel: the book's kernel client looks for each message in short waits."""
 
 from __future__ import annotations
 

@@ -142,7 +142,7 @@ def test_a_dead_writers_lock_is_taken_over(tmp_path, capsys):
     run = tmp_path / "run"
     code = (
         "import sys, time\n"
-        "from kdbook.runfolder import hold\n"
+        "from kdbook.machinery.runfolder import hold\n"
         "with hold(sys.argv[1]):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(600)\n"
@@ -168,7 +168,7 @@ def test_a_notebook_writes_a_private_copy_while_another_process_writes(tmp_path,
     (run / "metrics" / "01.json").write_text("{}")
     code = (
         "import sys, time\n"
-        "from kdbook.runfolder import hold\n"
+        "from kdbook.machinery.runfolder import hold\n"
         "with hold(sys.argv[1]):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(600)\n"
