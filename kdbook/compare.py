@@ -27,7 +27,7 @@ from kdbook.paired_runs import SECONDS as SECONDS
 from kdbook.paired_runs import Runs as Runs
 from kdbook.paired_runs import first_layer_norm as first_layer_norm
 from kdbook.paired_runs import train_recipes
-from kdbook.stats import ACCURACY_RANGE, format_interval, method_verdict, verdict
+from kdbook.stats import ACCURACY_RANGE, finite_mean_ci, format_interval, method_verdict, verdict
 from kdbook.stats import mean_ci as mean_ci
 from kdbook.stats import relative_verdict as relative_verdict
 
@@ -41,16 +41,9 @@ def summarize(per_seed: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Mean, 95% interval and n over seeds for each of ``columns``."""
     rows = {}
     for col in columns:
-        mean, ci = _mean_ci_finite(per_seed[col])
+        mean, ci = finite_mean_ci(per_seed[col].tolist())
         rows[col] = {"mean": mean, "ci95": ci, "n": int(per_seed[col].notna().sum())}
     return pd.DataFrame(rows).T.astype({"n": int})
-
-
-def _mean_ci_finite(values: pd.Series) -> tuple[float, float]:
-    """:func:`mean_ci` over the values that are numbers (a diverged run's NaN left out);
-    NaN and NaN when none is."""
-    kept = values.dropna().tolist()
-    return mean_ci(kept) if kept else (math.nan, math.nan)
 
 
 def summarize_methods(
@@ -71,8 +64,8 @@ def summarize_methods(
     timed = all(f"{m}{SECONDS}" in per_seed.columns for m in [SCRATCH, *methods])
     summary = []
     for name in methods:
-        acc, acc_ci = _mean_ci_finite(per_seed[name])
-        gain, gain_ci = _mean_ci_finite(per_seed[name] - per_seed[SCRATCH])
+        acc, acc_ci = finite_mean_ci(per_seed[name].tolist())
+        gain, gain_ci = finite_mean_ci((per_seed[name] - per_seed[SCRATCH]).tolist())
         entry = {
             "method": name,
             "accuracy": acc,
@@ -81,7 +74,7 @@ def summarize_methods(
             "gain_vs_scratch_ci95": gain_ci,
         }
         if baseline is not None:
-            vs, vs_ci = _mean_ci_finite(per_seed[name] - per_seed[baseline])
+            vs, vs_ci = finite_mean_ci((per_seed[name] - per_seed[baseline]).tolist())
             entry |= {f"gain_vs_{baseline}": vs, f"gain_vs_{baseline}_ci95": vs_ci}
         if timed:
             seconds = per_seed[f"{name}{SECONDS}"].mean()
@@ -98,7 +91,7 @@ def paired_gain(with_it: pd.Series, without_it: pd.Series) -> tuple[pd.Series, f
     """``with_it - without_it`` seed by seed, its mean and 95% half-width (:func:`mean_ci`
     over the seeds where both runs finished: a diverged run's NaN is left out)."""
     diff = with_it - without_it
-    gain, ci95 = _mean_ci_finite(diff)
+    gain, ci95 = finite_mean_ci(diff.tolist())
     return diff, gain, ci95
 
 

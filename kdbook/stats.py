@@ -31,13 +31,16 @@ def finite(x: Any) -> float | None:
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """Mean and half-width of its ``confidence`` interval (Student's t over len(values) - 1).
 
-    With one value the half-width is NaN: one seed says nothing about the spread.
+    With one value the half-width is NaN: one seed says nothing about the spread. With a
+    NaN among the values (a run that diverged) both are NaN: see :func:`finite_mean_ci`.
     """
     from scipy.stats import t
 
     values = [float(v) for v in values]
     if not values:
         raise ValueError("values must hold at least one number, got []")
+    if any(math.isnan(v) for v in values):  # a run that diverged: nothing to say over all
+        return math.nan, math.nan
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, math.nan
@@ -73,6 +76,13 @@ def format_interval(
     if c is not None and within is not None and (m - c < within[0] or m + c > within[1]):
         text += f" ({TOO_FEW_SEEDS})"
     return text
+
+
+def finite_mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """:func:`mean_ci` over the values that are numbers (a diverged run's NaN left out; the
+    caller names it); NaN and NaN when none is."""
+    kept = [float(v) for v in values if not math.isnan(float(v))]
+    return mean_ci(kept) if kept else (math.nan, math.nan)
 
 
 def format_seconds(x: Any) -> str:

@@ -407,9 +407,10 @@ def sweep_summary(
 
     Returns:
         A DataFrame indexed by (temperature, alpha) with kd_mean, kd_ci95, scratch_mean,
-        scratch_ci95, gain_mean, gain_ci95 (the paired gain kd - scratch, per seed) and n.
+        scratch_ci95, gain_mean, gain_ci95 (the paired gain kd - scratch, per seed) and n
+        (the distilled runs that did not diverge).
     """
-    from kdbook.stats import mean_ci
+    from kdbook.stats import finite_mean_ci
 
     _check_sweep_table(table, kd, scratch)
     rows = {}
@@ -419,9 +420,9 @@ def sweep_summary(
             ("kd", cell[kd]),
             ("scratch", cell[scratch]),
             ("gain", cell[kd] - cell[scratch]),
-        ):
-            row[f"{name}_mean"], row[f"{name}_ci95"] = mean_ci(values.tolist())
-        row["n"] = len(cell)
+        ):  # a diverged run (NaN) is left out of the cell's mean and counted below
+            row[f"{name}_mean"], row[f"{name}_ci95"] = finite_mean_ci(values.tolist())
+        row["n"] = int(cell[kd].notna().sum())
         rows[key] = row
     summary = pd.DataFrame(rows).T
     summary.index = summary.index.set_names(["temperature", "alpha"])
@@ -443,7 +444,7 @@ def sweep_difference(
     Returns:
         ``(mean, ci95)`` in percentage points over the seeds both cells have.
     """
-    from kdbook.stats import mean_ci
+    from kdbook.stats import finite_mean_ci
 
     _check_sweep_table(table, kd, kd)
     by_seed = []
@@ -454,8 +455,7 @@ def sweep_difference(
                 f"cell (temperature, alpha) must be in the table, got {(temperature, alpha)}"
             )
         by_seed.append(cell.set_index("seed")[kd])
-    diff = (by_seed[0] - by_seed[1]).dropna()
-    return mean_ci(diff.tolist())
+    return finite_mean_ci((by_seed[0] - by_seed[1]).tolist())  # NaN where a run diverged
 
 
 def sweep_view(summary: pd.DataFrame, temperature: float, alpha: float) -> dict[str, Any]:

@@ -38,7 +38,7 @@ SYNTHETIC_SIZE = 100  # training images of the synthetic CIFAR-10 book (10 a cla
 SHORT = ["-p", "batch_size", "16", "-p", "num_seeds", "2"]
 SHORT += ["-p", "timing_batch_size", "8", "-p", "timing_calls", "5", "-p", "bench_steps", "5"]
 SHORT += ["-p", "bench_repeats", "1", "-p", "memory_batch_size", "64", "-p", "check_epochs", "1"]
-SHORT += ["-p", "ddp_epochs", "2", "-p", "cache_views", "2"]
+SHORT += ["-p", "ddp_epochs", "2", "-p", "cache_views", "2", "-p", "bench_batch_size", "16"]
 SHORT += ["-p", "tuning_budget", "1", "-p", "tuning_seeds", "1"]
 
 

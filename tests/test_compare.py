@@ -487,3 +487,28 @@ def _oracle(model, x, data, constant: bool):
             if len(hit):
                 logits[i, split.labels[hit[0, 0]]] = 1.0
     return logits
+
+
+def test_a_diverged_run_makes_mean_ci_undefined_and_finite_mean_ci_leaves_it_out() -> None:
+    import pandas as pd
+
+    from kdbook.stats import finite_mean_ci
+    from kdbook.widgets import sweep_difference, sweep_summary
+
+    assert all(math.isnan(x) for x in mean_ci([90.0, math.nan, 92.0]))
+    assert finite_mean_ci([90.0, math.nan, 92.0]) == mean_ci([90.0, 92.0])
+    assert all(math.isnan(x) for x in finite_mean_ci([math.nan]))
+    table = pd.DataFrame(
+        {
+            "temperature": [4.0, 4.0, 4.0, 2.0, 2.0, 2.0],
+            "alpha": [0.7] * 6,
+            "seed": [0, 1, 2, 0, 1, 2],
+            "kd_accuracy": [90.0, math.nan, 92.0, 91.0, 93.0, 95.0],
+            "scratch_accuracy": [89.0, 88.0, 90.0, 89.0, 88.0, 90.0],
+        }
+    )
+    summary = sweep_summary(table)
+    assert summary.loc[(4.0, 0.7), "n"] == 2 and summary.loc[(2.0, 0.7), "n"] == 3
+    assert summary.loc[(4.0, 0.7), "kd_mean"] == 91.0
+    mean, _ = sweep_difference(table, (4.0, 0.7), (2.0, 0.7))  # seeds 0 and 2 only
+    assert mean == -2.0
