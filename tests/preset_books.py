@@ -39,6 +39,7 @@ SHORT = ["-p", "batch_size", "16", "-p", "num_seeds", "2"]
 SHORT += ["-p", "timing_batch_size", "8", "-p", "timing_calls", "5", "-p", "bench_steps", "5"]
 SHORT += ["-p", "bench_repeats", "1", "-p", "memory_batch_size", "64", "-p", "check_epochs", "1"]
 SHORT += ["-p", "ddp_epochs", "2", "-p", "cache_views", "2", "-p", "bench_batch_size", "16"]
+SHORT += ["-p", "hint_steps", "30", "-p", "selection_seeds", "3"]  # 08's two demos, shorter
 SHORT += ["-p", "tuning_budget", "1", "-p", "tuning_seeds", "1"]
 
 
