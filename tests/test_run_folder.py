@@ -25,6 +25,13 @@ from kdbook.machinery.runfolder import (
 )
 
 BIN = Path(sys.executable).parent
+HOLDER = (  # a process that holds a run folder until it is killed
+    "import sys, time\n"
+    "from kdbook.machinery.runfolder import hold\n"
+    "with hold(sys.argv[1]):\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(600)\n"
+)
 
 SLOW = (
     "import time\n"
@@ -140,14 +147,7 @@ def test_a_second_sweep_refuses(tmp_path):
 
 def test_a_dead_writers_lock_is_taken_over(tmp_path, capsys):
     run = tmp_path / "run"
-    code = (
-        "import sys, time\n"
-        "from kdbook.machinery.runfolder import hold\n"
-        "with hold(sys.argv[1]):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(600)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"held"
     with pytest.raises(RunFolderBusy, match=f"pid {proc.pid}"):
         with hold(run):
@@ -166,14 +166,7 @@ def test_a_notebook_writes_a_private_copy_while_another_process_writes(tmp_path,
     run = tmp_path / "run"
     (run / "metrics").mkdir(parents=True)
     (run / "metrics" / "01.json").write_text("{}")
-    code = (
-        "import sys, time\n"
-        "from kdbook.machinery.runfolder import hold\n"
-        "with hold(sys.argv[1]):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(600)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE)
     try:
         assert proc.stdout.readline().strip() == b"held"
         where = Path(writable_run_dir(run))
