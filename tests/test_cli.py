@@ -47,11 +47,18 @@ def book_dir(make_notebook, notebook_dir: Path, monkeypatch: pytest.MonkeyPatch)
         ("cifar10", "cifar10"),
         ("imagefolder:data/chest_xray", "imagefolder:data/chest_xray"),
         ("cuda:0", "cuda:0"),
+        ("[0.3, 1.0]", [0.3, 1.0]),
+        ("['mnist_student', 'digits_teacher']", ["mnist_student", "digits_teacher"]),
     ],
 )
 def test_parse_value_like_papermill(text: str, value: object) -> None:
     parsed = parse_value(text)
     assert parsed == value and type(parsed) is type(value)
+
+
+def test_a_malformed_list_value_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"'\[resnet8\]' is not a list .* accepted"):
+        parse_value("[resnet8]")  # names unquoted
 
 
 def test_help_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:

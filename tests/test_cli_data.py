@@ -28,3 +28,11 @@ def test_a_bad_name_is_refused_before_loading_anything(capsys) -> None:
         "dataset must be 'digits', 'cifar10', 'synthetic-cifar10[:N]' (N >= 20) or "
         "'imagefolder:PATH', got 'mnist'" in captured.err
     )
+
+
+def test_the_synthetic_stand_in_is_labelled_synthetic(capsys) -> None:
+    assert main(["data", "synthetic-cifar10:50", "digits"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("synthetic-cifar10:50: train 50, val 10, test 10")
+    assert lines[1].startswith("synthetic-cifar10:50: SYNTHETIC:") and "not CIFAR-10" in lines[1]
+    assert lines[2].startswith("digits: train") and len(lines) == 3  # real data: no note

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import ast
 from pathlib import Path
 from typing import Any
 
 
 def parse_value(text: str) -> Any:
     """Read a ``-p`` value like papermill's CLI: int, then float, then True/False/None,
-    else the string itself."""
+    else the string itself; and a list written as one, ``"[0.3, 1.0]"`` or
+    ``"['resnet8', 'resnet20']"``, as that list."""
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(
+                f"-p value {text!r} is not a list kdbook can read; accepted: a Python list of "
+                "numbers or quoted names, e.g. \"[0.3, 1.0]\" or \"['resnet8', 'resnet20']\""
+            ) from None
+        return list(value)
     try:
         return int(text)
     except ValueError:

@@ -36,7 +36,7 @@ def add_data(sub: Any, fmt: type) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from kdbook.config import check_dataset_spec
+    from kdbook.config import check_dataset_spec, dataset_note
     from kdbook.data import load_dataset
 
     specs = args.specs or ["digits", "cifar10"]
@@ -58,4 +58,6 @@ def cmd_data(args: argparse.Namespace) -> int:
             f"({', '.join(data.classes[:10])}{', ...' if len(data.classes) > 10 else ''}); "
             f"augmentation: shift {aug.pad} px, flip {'yes' if aug.flip else 'no'}"
         )
+        if (note := dataset_note(spec)) is not None:
+            print(f"{spec}: {note}")
     return 1 if failed else 0

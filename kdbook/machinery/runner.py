@@ -143,8 +143,24 @@ def run_book(
     if out is None:
         out = Path.cwd() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
     with hold(out, wait=wait) as run_dir:
+        for line in _setup_lines(params):
+            print(f"book: {line}", flush=True)
         _run_held(run_dir, sources, declared, params, timeout, rerun)
     return run_dir
+
+
+def _setup_lines(params: Mapping[str, Any]) -> list[str]:
+    """What the run's configuration says before any work (the device 'auto' became, a
+    full-size teacher on a CPU, SYNTHETIC data): once for the book, as each notebook
+    also prints it (:func:`kdbook.config.setup_lines`)."""
+    from kdbook.config import FIELDS, make_config, setup_lines
+
+    given = {k: v for k, v in params.items() if k in FIELDS}
+    try:
+        cfg = make_config(**given)
+    except (TypeError, ValueError):  # a notebook's own check reports it, naming the notebook
+        return []
+    return setup_lines(cfg, given.get("device"))
 
 
 def _run_held(
