@@ -317,8 +317,8 @@ def make_config(preset: str = "classroom", **given: Any) -> Config:
     resolved = {}
     for p in PARAMS:
         value = preset if p.name == "preset" else given.get(p.name, p.default)
-        if value is None:
-            value = sizes.get(p.name)
+        if value is None:  # None: the preset's value, else the declared default
+            value = sizes.get(p.name, p.default)
         if p.type is float and _is_int(value):
             value = float(value)
         resolved[p.name] = value

@@ -1,11 +1,14 @@
-"""Recipes built on :func:`kdbook.train.fit`: a run's teacher, born-again and mutual learning.
+"""Recipes built on :func:`kdbook.train.fit`: a run's teacher, born-again and mutual learning,
+and the KD settings an earlier notebook chose in the run folder.
 
-Each is a few calls of ``fit`` (SOURCES.md sources 2 and 3). The multi-teacher variant needs
+Each is a few calls of ``fit`` (sources 2 and 3 of the references). The multi-teacher variant needs
 no function: ``fit(student, data, teacher=[t1, t2], teacher_weights=[...])``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -15,11 +18,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdbook.checkpoint import History, is_unfinished, load_checkpoint
+from kdbook.checkpoint import History, is_unfinished, load_checkpoint, save_checkpoint
 from kdbook.config import PRESETS, check_params, cpu_sizes, resolve_device
 from kdbook.data import Dataset
+from kdbook.io import read_json, write_json
 from kdbook.models import build_model
-from kdbook.train import TimeEstimate, fit
+from kdbook.train import BestEpoch, TimeEstimate, fit
 
 
 def trained_in_run(
@@ -64,6 +68,42 @@ def trained_in_run(
         desc=desc,
     )
     return net.eval(), history
+
+
+def early_stopped_in_run(
+    cfg, data: Dataset, model: str, filename: str, *, within: float, num_epochs: int
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` trained on ``num_epochs``' schedule and stopped early on validation: the
+    weights of its best validation epoch among the first ``within`` of training
+    (:class:`kdbook.train.BestEpoch`), kept in ``run_dir/filename`` (introduced in 14).
+
+    Returns:
+        The model in eval mode and ``{"epoch", "val_acc", "within", "num_epochs"}``: the
+        epoch chosen and its validation accuracy (also in ``filename`` with ``.json``). A
+        rerun with the same settings loads both.
+    """
+    path = Path(cfg.run_dir) / filename
+    settings = cfg.fit_kwargs(num_epochs=num_epochs)
+    hook = BestEpoch(within)
+    chosen_path = path.with_suffix(".json")
+    if path.is_file() and chosen_path.is_file():
+        try:
+            net, meta = load_checkpoint(path, data, expect_model=model)
+            saved, chosen = meta.get("settings", {}), read_json(chosen_path)
+            keys = ("num_epochs", "lr", "batch_size", "seed", "best_epoch_within")
+            wanted = settings | {"seed": cfg.seed} | hook.settings()
+            if all(saved.get(k) == wanted[k] for k in keys):
+                return net.to(resolve_device(cfg.device)).eval(), chosen
+        except ValueError:
+            pass  # not a checkpoint of this run's settings: trained again below
+    torch.manual_seed(cfg.seed)
+    net = build_model(model, data)
+    history = fit(net, data, **settings, seed=cfg.seed, hooks=[hook], progress=False)
+    chosen = {"epoch": hook.best_epoch, "val_acc": hook.best_val_acc, "within": within,
+              "num_epochs": num_epochs}  # fmt: skip
+    save_checkpoint(path, net, data, history)
+    write_json(chosen_path, chosen)
+    return net.eval(), chosen
 
 
 def teacher_from_run(
@@ -255,3 +295,51 @@ def vit_teacher_from_run(
         desc="teacher vit_tiny",
         hooks=[TimeEstimate()],  # its expected time, after the first epoch
     )
+
+
+TUNED_KD_NOTEBOOK = "07_tuning"  # the notebook whose validation-chosen (T, alpha) later ones use
+SOURCES_DEFAULT_KD = {"temperature": 4.0, "alpha": 0.7}  # the sources' starting point
+
+
+def kd_settings_from_run(cfg: Any, temperature: float | None, alpha: float | None) -> Any:
+    """``cfg`` with the KD loss's T and alpha this notebook should use, saying where they
+    come from (introduced in 09).
+
+    A value given (not None) is used as given. One left at None takes what
+    :data:`TUNED_KD_NOTEBOOK` chose on the validation split in this run folder
+    (``metrics/07_tuning.json``, its ``"best"``), so that no winner is discarded; where 07 has
+    not run there, the sources' starting point, T 4 and alpha 0.7.
+
+    Args:
+        cfg: a :class:`kdbook.config.Config` (its ``run_dir`` is read).
+        temperature, alpha: the notebook's parameters (None: 07's choice).
+
+    Returns:
+        The configuration with ``temperature`` and ``alpha`` set; one line is printed.
+    """
+    given = {"temperature": temperature, "alpha": alpha}
+    check_params({k: v for k, v in given.items() if v is not None})
+    path = Path(cfg.run_dir) / "metrics" / f"{TUNED_KD_NOTEBOOK}.json"
+    chosen, origin = (
+        dict(SOURCES_DEFAULT_KD),
+        f"the sources' starting point ({TUNED_KD_NOTEBOOK} has not run in this run folder)",
+    )
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        best, run_cfg = metrics.get("best") or {}, metrics.get("config") or {}
+        if set(SOURCES_DEFAULT_KD) <= set(best):
+            chosen = {k: float(best[k]) for k in SOURCES_DEFAULT_KD}
+            origin = (
+                f"chosen on validation by {TUNED_KD_NOTEBOOK} in this run folder (its setting: "
+                f"{run_cfg.get('label_fraction', 0):.0%} of the labels, "
+                f"{run_cfg.get('num_epochs')} epochs, {run_cfg.get('num_seeds')} seeds a cell)"
+            )
+    values = {k: chosen[k] if v is None else float(v) for k, v in given.items()}
+    if all(v is not None for v in given.values()):
+        origin = "as given"
+    elif any(v is not None for v in given.values()):
+        origin = (
+            f"{', '.join(k for k, v in given.items() if v is not None)} as given, the rest {origin}"
+        )
+    print(f"KD settings: T {values['temperature']:g}, alpha {values['alpha']:g}: {origin}")
+    return dataclasses.replace(cfg, **values)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from kdbook.train.hooks import (
     BaseHook,
+    BestEpoch,
     Checkpoint,
     ClipGradNorm,
     FreezeHead,
@@ -30,6 +31,7 @@ from kdbook.train.loop import (
 
 __all__ = [
     "BaseHook",
+    "BestEpoch",
     "Checkpoint",
     "ClipGradNorm",
     "FreezeHead",

@@ -1,7 +1,7 @@
 """What happens around the steps of :func:`kdbook.train.fit`: the :class:`Loop` a hook reads,
 the :class:`Hook` protocol and its :class:`BaseHook` no-ops, and the hooks
 (:class:`FreezeHead`, :class:`ClipGradNorm`, :class:`TensorBoard`, :class:`TimeEstimate`,
-:class:`Checkpoint`).
+:class:`BestEpoch`, :class:`Checkpoint`).
 
 Each event is one method (miniai's callbacks): ``check`` before any work, ``start`` (the
 epochs already done), ``before_step``, ``end_epoch``, ``end``.
@@ -176,6 +176,42 @@ class TimeEstimate(BaseHook):
         first = record["seconds"]
         what = f"{self.runs} runs" if self.runs > 1 else f"{epochs} epochs"
         print(f"first epoch {first:.1f} s: about {first * epochs * self.runs:.0f} s for {what}")
+
+
+class BestEpoch(BaseHook):
+    """Keep the weights of the epoch with the best validation accuracy among the first
+    ``within`` of training, and put them back in the model when ``fit`` ends (introduced in 14).
+
+    ``BestEpoch(0.3)`` is early stopping chosen on validation at a stated fraction of the
+    schedule: training runs its whole schedule (the same learning rates as a full run), and
+    the model ``fit`` returns is the one of the best epoch up to 30 % of it; ``best_epoch``
+    and ``best_val_acc`` say which (ties: the earliest). Use it without ``checkpoint=``,
+    which saves the last epoch's weights.
+    """
+
+    def __init__(self, within: float = 1.0) -> None:
+        if not (isinstance(within, (int, float)) and 0 < within <= 1):
+            raise ValueError(f"within must be a fraction of training in (0, 1], got {within!r}")
+        self.within = float(within)
+        self.best_epoch: int | None = None
+        self.best_val_acc = float("-inf")
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def __repr__(self) -> str:
+        return f"BestEpoch(within={self.within:g})"
+
+    def settings(self) -> dict[str, Any]:
+        return {"best_epoch_within": self.within}
+
+    def end_epoch(self, loop: Loop, record: dict[str, float]) -> None:
+        last = max(1, int(self.within * loop.history.settings["num_epochs"] + 1e-9))
+        if record["epoch"] <= last and record["val_acc"] > self.best_val_acc:
+            self.best_epoch, self.best_val_acc = int(record["epoch"]), float(record["val_acc"])
+            self._state = {k: v.detach().clone() for k, v in loop.model.state_dict().items()}
+
+    def end(self, loop: Loop) -> None:
+        if self._state is not None:
+            loop.model.load_state_dict(self._state)
 
 
 class Checkpoint(BaseHook):
