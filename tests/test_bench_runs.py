@@ -12,10 +12,14 @@ from kdbook.bench import runs as bench_runs
 def test_bench_seeds_reports_the_three_paths_and_their_ratios():
     result = bench_runs.bench_seeds(2, num_epochs=1)
     paths = [row["path"] for row in result.rows]
-    assert paths == ["one fit (KD, 1 seed)", "4 fits one at a time", "4 runs side by side"]
-    one, sequential, stacked = (row["seconds"] for row in result.rows)
+    assert paths[:3] == ["one fit (KD, 1 seed)", "4 fits one at a time", "4 runs side by side"]
+    # the tuned comparison: 3 methods x 2 settings x 2 seeds, then 3 chosen x 2 seeds
+    assert paths[3].startswith("tuned comparison, 18 runs: 3 methods x 2 settings x 2 seeds")
+    one, sequential, stacked, tuned = (row["seconds"] for row in result.rows)
     assert result.rows[2]["speed-up vs one at a time (x)"] == pytest.approx(sequential / stacked)
     assert result.rows[1]["time vs one fit (x)"] == pytest.approx(sequential / one)
+    assert result.rows[3]["time vs one fit (x)"] == pytest.approx(tuned / one)
+    assert "DKD" in result.settings["tuned comparison"]
     assert "side by side" in result.table() and result.settings["busy neighbour"] is False
 
 

@@ -2,7 +2,9 @@
 
 ``kdbook bench --seeds N`` trains, in one run on the same data, one single-seed ``fit``
 (the unit), N seeds x (scratch, KD) one ``fit`` at a time (the book's comparisons before
-:mod:`kdbook.stack`) and the same runs side by side (:func:`kdbook.stack.fit_stacked`).
+:mod:`kdbook.stack`), the same runs side by side (:func:`kdbook.stack.fit_stacked`), and a
+tuned comparison as the book runs one (:func:`kdbook.tuning.tune`: methods x settings x
+seeds side by side where they stack, then the chosen settings over the seeds).
 It reports seconds, images per second per run and the ratios. ``kdbook bench --thread-choice``
 times three kinds of run (teacher, student alone, distilled student) at one thread and at
 every core, next to what ``threads="auto"`` picks: the classroom's, and the mid-sized runs
@@ -81,6 +83,34 @@ def _classroom(num_epochs: int | None):
     return cfg, data, teacher
 
 
+TUNING_BUDGET = 2  # settings tried per method in the bench's tuned comparison
+
+
+def _tuned_methods(cfg, teacher) -> list:
+    """The bench's tuned comparison: the student alone, KD and DKD, each with its own space."""
+    from kdbook.compare import SCRATCH
+    from kdbook.losses import DKD
+    from kdbook.tuning import Method
+
+    lrs = [cfg.lr / 2, cfg.lr]
+    return [
+        Method(SCRATCH, {"lr": lrs}),
+        Method("KD", {"lr": lrs, "temperature": [2.0, 4.0]}, {"teacher": teacher}),
+        Method("DKD", {"lr": lrs, "beta": [1.0, 2.0]},
+               lambda beta: {"teacher": teacher, "terms": [DKD(beta=beta)]}),
+    ]  # fmt: skip
+
+
+def _tuned_comparison(cfg, data, methods: list, seeds: int) -> None:
+    """:func:`kdbook.tuning.tune` then the final comparison, as notebooks 05 and 13 run them."""
+    from kdbook.tuning import tune
+
+    kwargs = cfg.fit_kwargs()
+    tuning = tune(cfg.student, data, methods, budget=TUNING_BUDGET, seeds=range(seeds),
+                  progress=False, **kwargs)  # fmt: skip
+    tuning.compare(seeds=range(seeds), progress=False)
+
+
 def bench_seeds(
     seeds: int = 5, *, num_epochs: int | None = None, neighbour: bool = False
 ) -> RunsBench:
@@ -109,17 +139,27 @@ def bench_seeds(
         work()
         return time.perf_counter() - start
 
+    methods = _tuned_methods(cfg, teacher)
+    tuned_runs = len(methods) * TUNING_BUDGET * seeds + len(methods) * seeds
     with busy_neighbour(neighbour):
         one = timed(lambda: fit(models()[seeds], data, **kwargs, **runs[seeds]))
         pairs = list(zip(models(), runs, strict=True))
         sequential = timed(lambda: [fit(m, data, **kwargs, **r) for m, r in pairs])
         stacked = timed(lambda: fit_stacked(models(), data, runs, **kwargs))
+        tuned = timed(lambda: _tuned_comparison(cfg, data, methods, seeds))
     images = len(data.train) * cfg.num_epochs
     rows = []
-    for name, seconds, n in (
-        ("one fit (KD, 1 seed)", one, 1),
-        (f"{len(runs)} fits one at a time", sequential, len(runs)),
-        (f"{len(runs)} runs side by side", stacked, len(runs)),
+    for name, seconds, n, one_at_a_time in (
+        ("one fit (KD, 1 seed)", one, 1, one),
+        (f"{len(runs)} fits one at a time", sequential, len(runs), sequential),
+        (f"{len(runs)} runs side by side", stacked, len(runs), sequential),
+        (
+            f"tuned comparison, {tuned_runs} runs: {len(methods)} methods x {TUNING_BUDGET} "
+            f"settings x {seeds} seeds on validation, then the chosen x {seeds} seeds",
+            tuned,
+            tuned_runs,
+            None,
+        ),
     ):
         rows.append(
             {
@@ -127,10 +167,13 @@ def bench_seeds(
                 "seconds": seconds,
                 "images/s per run": images * n / seconds / n,
                 "time vs one fit (x)": seconds / one,
-                "speed-up vs one at a time (x)": sequential / seconds,
+                "speed-up vs one at a time (x)": (
+                    one_at_a_time / seconds if one_at_a_time is not None else float("nan")
+                ),
             }
         )
     settings = {
+        "tuned comparison": ", ".join(f"{m.name} {dict(m.space)}" for m in methods),
         "runs": f"{seeds} seeds x (scratch, KD), {cfg.student} from {cfg.teacher}",
         "epochs": cfg.num_epochs,
         "torch threads": torch.get_num_threads(),
