@@ -39,14 +39,15 @@ from tqdm.auto import tqdm
 
 from kdbook.checkpoint import History
 from kdbook.data import UNLABELED, Dataset
-from kdbook.distill import LogitCache, LogitKD
+from kdbook.distill import LogitCache
+from kdbook.losses import Outputs
 from kdbook.io import tensor_digest
 from kdbook.runtime import autocast
 from kdbook.schedules import value_at
 
 # fit's keywords a stacked run may set; the shared ones must be equal across the stack
 STACKED_KEYWORDS = frozenset(
-    {"teacher", "teacher_weights", "temperature", "alpha", "seed", "progress", "desc"}
+    {"teacher", "teacher_weights", "temperature", "alpha", "seed", "progress", "desc", "terms"}
     | {"num_epochs", "lr"}
     | {"batch_size", "optimizer", "momentum", "weight_decay", "augment", "precision"}
     | {"device", "channels_last"}
@@ -67,6 +68,9 @@ def why_not_stacked(model: nn.Module, kwargs: Mapping[str, Any]) -> str | None:
     other = sorted(set(kwargs) - STACKED_KEYWORDS)
     if other:
         return f"{other[0]} is not stacked"
+    terms = list(kwargs.get("terms") or [])
+    if terms and (reason := _why_term_not_stacked(terms, kwargs.get("teacher"))) is not None:
+        return reason
     teacher = kwargs.get("teacher")
     teachers = teacher if isinstance(teacher, list | tuple) else [teacher]
     if teacher is not None and not all(isinstance(t, nn.Module | LogitCache) for t in teachers):
@@ -77,6 +81,20 @@ def why_not_stacked(model: nn.Module, kwargs: Mapping[str, Any]) -> str | None:
         return "dropout draws random numbers that a stack draws otherwise"
     if count_params(model) > MAX_PARAMS:
         return f"models over {MAX_PARAMS:,} parameters gain nothing from a stack"
+    return None
+
+
+def _why_term_not_stacked(terms: list, teacher: Any) -> str | None:
+    """A run's own loss term stacks when it is the whole logit loss of one teacher (DKD,
+    a standardised or otherwise set LogitKD) with no parameters of its own."""
+    term = terms[0]
+    name = getattr(term, "name", type(term).__name__)
+    if len(terms) > 1:
+        return "more than one loss term in terms is not stacked"
+    if not getattr(term, "replaces_logit_kd", False) or teacher is None:
+        return f"loss term {name!r} besides the logit loss is not stacked"
+    if getattr(term, "needs_features", False) or any(True for _ in term.parameters()):
+        return f"loss term {name!r} (features or parameters of its own) is not stacked"
     return None
 
 
@@ -173,6 +191,8 @@ class _Stack:
             self.loader_of.append(keys[key])
         self.checked = False
         self.tables: dict[tuple, TeacherViews | None] = {}
+        # runs whose loss is their own term (``terms=[DKD()]``), not the Distiller's LogitKD
+        self.own_terms = {i for i, loop in enumerate(loops) if loop.distiller.own_logit_term}
 
     def _call(self, params, buffers, x):
         return functional_call(self.base, (params, buffers), (x,))
@@ -181,6 +201,7 @@ class _Stack:
         """One epoch of every run; per-run sums of loss, correct, seen, labelled and KL."""
         n = len(self.loops)
         self.sums = torch.zeros(n, 5, dtype=torch.float64)
+        self.extra: list[dict[str, float]] = [{} for _ in range(n)]  # own terms' other logs
         self.scheduled = [dict.fromkeys(loop.distiller.scheduled(), 0.0) for loop in self.loops]
         self.base.train()
         for i, loop in enumerate(self.loops):  # a cache of stored views replays this epoch's
@@ -260,7 +281,7 @@ class _Stack:
         hard = flat.sum(1) / count.clamp(min=1)
         losses = list(hard.unbind())
         kl = torch.zeros(g)
-        distilled = [j for j, i in enumerate(rows) if isinstance(self._term(i), LogitKD)]
+        distilled = [j for j, i in enumerate(rows) if self.loops[i].distiller.distilling]
         teachers: dict[Any, list[int]] = {}
         for j in distilled:  # runs of one teacher model share its passes; caches, ensembles
             source = self.loops[rows[j]].distiller.source  # look their logits up per run
@@ -276,6 +297,20 @@ class _Stack:
                 t_logits = self._teacher_logits(
                     source.teachers[0], x[group], [seen[j] for j in group]
                 )
+            own = [k for k, j in enumerate(group) if rows[j] in self.own_terms]
+            for k in own:  # a run's own logit term (DKD, ...): its forward, as fit calls it
+                j = group[k]
+                out = Outputs(logits[j], y[j], temps[k], None, t_logits[k], None)
+                losses[j], logs = self._term(rows[j])(out, progress)
+                kl[j] = float(logs.get("kl", 0.0))
+                extra = self.extra[rows[j]]
+                for name, value in logs.items():  # fit's history keeps each log's mean
+                    if name != "kl":
+                        extra[name] = extra.get(name, 0.0) + float(value) * b
+            plain = [k for k in range(len(group)) if k not in own]
+            if not plain:
+                continue
+            group, temps, t_logits = [group[k] for k in plain], [temps[k] for k in plain], t_logits[plain]
             alphas = [value_at(self._term(rows[j]).alpha, progress) for j in group]
             t = torch.tensor(temps, device=logits.device).view(-1, 1, 1)
             log_p_s = F.log_softmax(logits[group] / t, dim=-1)
@@ -324,8 +359,9 @@ class _Stack:
                 "val_acc": 100.0 * val[i, 1].item() / len(data.val),
                 "seconds": seconds / n,
             }
-            if isinstance(self._term(i), LogitKD):
+            if self.loops[i].distiller.distilling:
                 record["kl"] = kl / seen
+            record |= {name: total / seen for name, total in self.extra[i].items()}
             record |= {k: v / self.steps_per_epoch for k, v in self.scheduled[i].items()}
             records.append(record)
         return records

@@ -178,3 +178,19 @@ def test_a_cache_of_stored_views_and_an_ensemble_stack_too(digits, teacher):
     runs += [{"seed": 1}]
     alone, stacked = _both(digits, runs, num_epochs=3)  # epoch 3 replays the first view again
     _assert_same(alone, stacked)
+
+
+def test_a_runs_own_logit_term_dkd_or_standardised_kd_stacks(digits, teacher):
+    # notebook 13's tuning grid: DKD at two betas, standardised KD, beside plain KD
+    from kdbook.losses import DKD, LogitKD
+
+    runs = [{"seed": 0, "teacher": teacher, "terms": [DKD(beta=b)]} for b in (1.0, 8.0)]
+    runs += [{"seed": 1, "teacher": teacher, "terms": [LogitKD(2.0, 0.9, standardize=True)]}]
+    runs += [{"seed": 1, "teacher": teacher}, {"seed": 0}]
+    model = build_model("tiny_cnn", digits)
+    assert all(why_not_stacked(model, r) is None for r in runs)
+    alone, stacked = _both(digits, runs, num_epochs=2)
+    _assert_same(alone, stacked)
+    assert "dkd" in stacked[1][0].epochs[-1]  # DKD's own log, as fit records it
+    hint = {"teacher": teacher, "terms": [DKD(), LogitKD(2.0, 0.5)]}
+    assert "more than one loss term" in why_not_stacked(model, hint)

@@ -210,6 +210,7 @@ class Distiller:
             names = [t.name for t in replaced]
             raise ValueError(f"terms may hold one logit loss (dkd, logit_kd), got {names}")
         own = self.distilling and not replaced
+        self.own_logit_term = bool(replaced)  # the logit loss is a term given in ``terms``
         first: list[Term] = [LogitKD(temperature, alpha)] if own else []
         first = first if self.distilling else [CrossEntropy()]
         features = [FeatureKD(feature_loss, feature_weight)] if feature_loss is not None else []
