@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 from kdbook.checkpoint import History
 from kdbook.data import UNLABELED, Dataset
 from kdbook.distill import LogitCache
-from kdbook.losses import Outputs
 from kdbook.io import tensor_digest
+from kdbook.losses import Outputs
 from kdbook.runtime import autocast
 from kdbook.schedules import value_at
 
@@ -310,7 +310,8 @@ class _Stack:
             plain = [k for k in range(len(group)) if k not in own]
             if not plain:
                 continue
-            group, temps, t_logits = [group[k] for k in plain], [temps[k] for k in plain], t_logits[plain]
+            group, temps = [group[k] for k in plain], [temps[k] for k in plain]
+            t_logits = t_logits[plain]
             alphas = [value_at(self._term(rows[j]).alpha, progress) for j in group]
             t = torch.tensor(temps, device=logits.device).view(-1, 1, 1)
             log_p_s = F.log_softmax(logits[group] / t, dim=-1)
