@@ -288,12 +288,21 @@ class Comparison:
         :func:`relative_verdict`)."""
         s, out = self.stats(), {}
         for name, row in s.iterrows():
-            out[name] = {"vs_scratch": verdict(row["gain_vs_scratch"], row["gain_vs_scratch_ci95"])}
+            word = verdict(row["gain_vs_scratch"], row["gain_vs_scratch_ci95"])
+            out[name] = {"vs_scratch": self._flagged(name, word)}
             if self.baseline is not None:
                 gain = row[f"gain_vs_{self.baseline}"], row[f"gain_vs_{self.baseline}_ci95"]
                 word = relative_verdict(*gain) if relative else verdict(*gain)
-                out[name][key or f"vs_{self.baseline}"] = word
+                out[name][key or f"vs_{self.baseline}"] = self._flagged(name, word)
         return out
+
+    def _flagged(self, method: str, word: str) -> str:
+        """``word`` after the count of ``method``'s diverged seeds, where it has any: a mean
+        of the seeds that finished is never read as the method's."""
+        seeds = self.diverged.get(method, [])
+        if not seeds or word == REFERENCE:
+            return word
+        return f"diverged on {len(seeds)} of {len(self.per_seed)} seeds; on the others: {word}"
 
     def differences(self, pairs: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
         """Paired differences between runs that differ in one setting only.
@@ -355,6 +364,8 @@ class Comparison:
                 cols[f"time vs {base} (x)"] = (s["s_per_epoch"] / s.loc[base, "s_per_epoch"]).round(
                     2
                 )
+        for column in [c for c in cols if c.startswith("vs ")]:
+            cols[column] = [self._flagged(n, w) for n, w in zip(s.index, cols[column], strict=True)]
         table = pd.DataFrame(cols, index=s.index)
         table.loc[SCRATCH, [f"gain over {scratch} (points)", f"vs {scratch}"]] = REFERENCE
         if base is not None:

@@ -512,3 +512,23 @@ def test_a_diverged_run_makes_mean_ci_undefined_and_finite_mean_ci_leaves_it_out
     assert summary.loc[(4.0, 0.7), "kd_mean"] == 91.0
     mean, _ = sweep_difference(table, (4.0, 0.7), (2.0, 0.7))  # seeds 0 and 2 only
     assert mean == -2.0
+
+
+def test_a_method_with_a_diverged_seed_says_so_in_every_verdict_column() -> None:
+    import math
+
+    import pandas as pd
+
+    from kdbook.compare import SCRATCH, Comparison
+
+    per_seed = pd.DataFrame(
+        {SCRATCH: [90.0, 91.0, 92.0], "KD": [93.0, 94.0, 95.0], "DKD": [math.nan, 92.0, 93.0]},
+        index=pd.Index([0, 1, 2], name="seed"),
+    )
+    c = Comparison.from_per_seed(per_seed, ["KD", "DKD"], baseline="KD", diverged={"DKD": [0]})
+    table = c.table()
+    flag = "diverged on 1 of 3 seeds; on the others: "
+    assert table.loc["DKD", "vs scratch"].startswith(flag)
+    assert table.loc["DKD", "vs KD"].startswith(flag)
+    assert not table.loc["KD", "vs scratch"].startswith("diverged")
+    assert c.verdicts()["DKD"]["vs_scratch"].startswith(flag)
