@@ -230,6 +230,8 @@ def _weight_problems(call: _Call) -> list[str]:
 def check_kd_step(fn: KDStepFn) -> Diagnosis:
     """Check a reader's distillation step against the step :func:`kdbook.train.fit` takes.
 
+    Introduced in notebook 05_distillation.
+
     ``fn(student, teacher, x, y, optimizer, temperature, alpha)`` must, on one batch: run
     the teacher in eval mode under ``torch.no_grad()``, the student forward, Hinton's loss
     ``alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * CE`` with the cross-entropy
