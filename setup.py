@@ -18,6 +18,12 @@ NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 BOOK = Path("kdbook", "book")  # inside the built package
 
 
+def book_files() -> list[Path]:
+    """The notebooks and, when there, the references page they link."""
+    pages = [p for p in [NOTEBOOKS / "references.md"] if p.is_file()]
+    return sorted(NOTEBOOKS.glob("*.ipynb")) + pages
+
+
 class BuildPyWithBook(build_py):
     """``build_py`` that also copies the notebooks into ``build_lib/kdbook/book/``."""
 
@@ -31,15 +37,15 @@ class BuildPyWithBook(build_py):
         target = Path(self.build_lib) / BOOK
         shutil.rmtree(target, ignore_errors=True)  # no notebook left from an earlier build
         target.mkdir(parents=True)
-        for notebook in notebooks:
-            self.copy_file(str(notebook), str(target / notebook.name))
+        for path in book_files():
+            self.copy_file(str(path), str(target / path.name))
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         outputs = super().get_outputs(include_bytecode)
         if getattr(self, "editable_mode", False):
             return outputs
         book = Path(self.build_lib) / BOOK
-        return outputs + [str(book / p.name) for p in sorted(NOTEBOOKS.glob("*.ipynb"))]
+        return outputs + [str(book / p.name) for p in book_files()]
 
 
 setup(cmdclass={"build_py": BuildPyWithBook})

@@ -31,3 +31,19 @@ def _version() -> str:
 
 
 __version__: str = _version()
+
+
+def check_version(book_version: str) -> None:
+    """Print this kdbook's version and where it was imported from, with a note when it is
+    not ``book_version``, the version a notebook belongs to (every notebook's import-check
+    cell calls it: :func:`kdbook.machinery.installed.import_check_source`).
+
+    >>> check_version(__version__)  # doctest: +ELLIPSIS
+    kdbook ... (...__init__.py)
+    """
+    print(f"kdbook {__version__} ({__file__})")
+    if __version__ != book_version:
+        print(
+            f"note: this notebook belongs to kdbook {book_version}; "
+            "`kdbook notebooks DIR` copies the installed version's notebooks"
+        )

@@ -459,6 +459,8 @@ def load_dataset(
 ) -> Dataset:
     """Load a named data set as uint8 tensors with train/val/test splits.
 
+    Introduced in notebook 01_data.
+
     Args:
         spec: ``"digits"`` (embedded), ``"cifar10"`` (files in ``root``),
             ``"synthetic-cifar10"`` or ``"synthetic-cifar10:N"`` (made up here, N training

@@ -29,7 +29,10 @@ from kdbook.data import Dataset, Loader, Split
 def predict(
     model: nn.Module, data: Dataset, split: Split | str = "test", device: str = "cpu"
 ) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) on a split, as a CPU float tensor ``(N, C)``."""
+    """Logits of ``model`` (in eval mode) on a split, as a CPU float tensor ``(N, C)``.
+
+    Introduced in notebook 02_teacher.
+    """
     split = getattr(data, split) if isinstance(split, str) else split
     dev = torch.device(resolve_device(device))
     was_training = model.training
@@ -40,7 +43,10 @@ def predict(
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy in percent."""
+    """Top-1 accuracy in percent.
+
+    Introduced in notebook 01_data.
+    """
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
@@ -63,7 +69,10 @@ def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 def with_class_bias(logits: torch.Tensor, cls: int, bias: float) -> torch.Tensor:
-    """``logits`` with ``bias`` added to class ``cls``'s column (Hinton et al.'s fix, §3)."""
+    """``logits`` with ``bias`` added to class ``cls``'s column (Hinton et al.'s fix, §3).
+
+    Introduced in notebook 13_dark_knowledge_and_dkd.
+    """
     if not 0 <= cls < logits.shape[-1]:
         raise ValueError(f"cls must be a class index in [0, {logits.shape[-1]}), got {cls!r}")
     shifted = logits.clone()
@@ -75,6 +84,8 @@ def best_class_bias(
     logits: torch.Tensor, labels: torch.Tensor, cls: int, candidates: Sequence[float]
 ) -> float:
     """The bias for class ``cls``'s logit, among ``candidates``, with the best accuracy.
+
+    Introduced in notebook 13_dark_knowledge_and_dkd.
 
     Choose it on the validation split, then apply it to the test logits
     (:func:`with_class_bias`): Hinton et al. raised the omitted digit's bias by hand on the

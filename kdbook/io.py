@@ -75,3 +75,15 @@ def tensor_digest(tensors: list[torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def png_title(path: str | os.PathLike) -> str:
+    """The ``Title`` text of a PNG file, as :func:`kdbook.plots.save_figure` stores the
+    figure's title ("" when the file has none or is not a readable PNG)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return str(getattr(image, "text", {}).get("Title", ""))
+    except OSError:
+        return ""

@@ -59,6 +59,8 @@ def build_model(
 ) -> nn.Module:
     """Build a registered model, sized to a data set or to the sizes given.
 
+    Introduced in notebook 02_teacher.
+
     ``build_model(name, data)`` takes the classes, channels and image side of ``data`` (a
     :class:`kdbook.data.Dataset`); ``build_model(name, 10, in_channels=1, image_size=8)``
     gives them one by one.

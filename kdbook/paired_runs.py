@@ -34,7 +34,10 @@ TRAIN_DATA = "train_data"
 
 
 def first_layer_norm(model: nn.Module) -> float:
-    """Norm of the first weight tensor: equal numbers show two models start alike."""
+    """Norm of the first weight tensor: equal numbers show two models start alike.
+
+    Introduced in notebook 05_distillation.
+    """
     return next(p for p in model.parameters() if p.dim() > 1).norm().item()
 
 

@@ -13,10 +13,26 @@ from matplotlib.figure import Figure
 from kdbook.io import atomic_write
 
 
+def figure_title(fig: Figure) -> str:
+    """What a figure shows, in words: its suptitle, else its axes' titles joined by "; "."""
+    suptitle = fig.get_suptitle()
+    if suptitle:
+        return suptitle
+    return "; ".join(t for t in (ax.get_title() for ax in fig.axes) if t)
+
+
 def save_figure(fig: Figure, run_dir: str | Path, name: str) -> Path:
-    """Save ``fig`` as ``run_dir/figures/<name>.png`` (atomically) and return the path."""
+    """Save ``fig`` as ``run_dir/figures/<name>.png`` (atomically) and return the path.
+
+    The PNG carries the figure's title (:func:`figure_title`) as its ``Title`` text, which
+    the HTML book uses as the image's alt text (:func:`kdbook.io.png_title` reads it back).
+    """
     path = Path(run_dir) / "figures" / f"{name}.png"
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    metadata = {"Title": figure_title(fig)}
+    atomic_write(
+        path,
+        lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight", metadata=metadata),
+    )
     return path
 
 

@@ -23,6 +23,7 @@ from kdbook.cli import main
 from kdbook.io import read_json
 from kdbook.machinery.installed import (
     MANIFEST,
+    REFERENCES,
     book_dir,
     book_notebooks,
     copy_notebooks,
@@ -89,7 +90,8 @@ def test_notebooks_copies_a_fresh_set_and_never_overwrites_an_edit(
     assert main(["notebooks", str(folder), "--force"]) == 0
     assert "replaced (--force): 04_loss.ipynb" in capsys.readouterr().out
     assert (folder / "04_loss.ipynb").read_bytes() != edited
-    assert copy_notebooks(folder).unchanged == [p.name for p in copies]
+    assert copy_notebooks(folder).unchanged == [p.name for p in copies] + [REFERENCES]
+    assert (folder / REFERENCES).read_bytes() == (book_dir() / REFERENCES).read_bytes()
 
 
 def test_an_untouched_copy_of_an_older_book_is_brought_up_to_date(tmp_path: Path) -> None:

@@ -103,8 +103,10 @@ def test_the_cell_after_the_parameters_checks_that_kdbook_imports(name: str) -> 
 
 def test_the_import_check_says_how_to_install_without_installing(tmp_path) -> None:
     """Where kdbook does not import, the cell stops with one line: the %pip command and
-    the book's version; it never installs anything itself."""
+    the book's version; it never installs anything itself. Where it does, it prints the
+    version and where it was imported from (kdbook.check_version compares the versions)."""
     source = import_check_source("9.8.7")
+    assert len(source.splitlines()) <= 5, "a try-import, one line to stop, one to check"
     assert "pip" not in source.replace("%pip install", "")  # only the advice, never a call
     code = "import sys\nsys.modules['kdbook'] = None\n" + source
     run = subprocess.run(

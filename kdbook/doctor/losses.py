@@ -217,6 +217,8 @@ def check_kd_loss(
 ) -> Diagnosis:
     """Probe ``fn(student_logits, teacher_logits, targets, temperature, alpha)`` and name its bugs.
 
+    Introduced in notebook 04_loss.
+
     ``convention="dkd"`` checks a decoupled-KD training loss instead,
     ``fn(student_logits, teacher_logits, targets, temperature, beta, progress)``, against
     :func:`kdbook.losses.dkd_objective` (see :func:`_check_dkd`): ``warmup`` is the

@@ -37,6 +37,8 @@ def dkd_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample ``(TCKD, NCKD)`` of decoupled KD (Zhao et al., CVPR 2022), each times ``T^2``.
 
+    Introduced in notebook 13_dark_knowledge_and_dkd.
+
     With ``p = softmax(z/T)`` and ``y`` the label:
 
     - TCKD ``= T^2 * KL([p_y^t, 1 - p_y^t] || [p_y^s, 1 - p_y^s])``, the binary "target or
@@ -82,6 +84,8 @@ def dkd_loss(
 ) -> torch.Tensor:
     """Decoupled knowledge distillation (Zhao et al., "Decoupled Knowledge Distillation",
     CVPR 2022, arXiv:2203.08679): ``TCKD + beta * NCKD``, batchmean, both with ``T^2``.
+
+    Introduced in notebook 13_dark_knowledge_and_dkd.
 
     ``loss = mean_n [ T^2 KL(b^t || b^s) + beta * T^2 KL(q^t || q^s) ]``
 

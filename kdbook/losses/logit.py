@@ -44,13 +44,18 @@ def check_logit_shapes(
 
 
 def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``softmax(logits / T)``: T = 1 is the plain softmax, larger T spreads the mass."""
+    """``softmax(logits / T)``: T = 1 is the plain softmax, larger T spreads the mass.
+
+    Introduced in notebook 04_loss.
+    """
     check_temperature_alpha(temperature)
     return F.softmax(logits / temperature, dim=-1)
 
 
 def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Each row's z-score: ``(z - mean(z)) / (std(z) + eps)`` over the classes (Sun et al. 2024).
+
+    Introduced in notebook 13_dark_knowledge_and_dkd.
 
     Logit standardisation (Sun et al., "Logit Standardization in Knowledge Distillation",
     CVPR 2024, arXiv:2403.01427) applies this to the student's and the teacher's logits
@@ -81,6 +86,8 @@ def soft_kd_term(
 ) -> torch.Tensor:
     """``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over the batch (``batchmean``).
 
+    Introduced in notebook 04_loss.
+
     The ``T^2`` keeps the soft term's gradient on the same scale as the cross-entropy's
     as T changes: the gradient of the KL with respect to the logits shrinks like ``1/T^2``.
     ``standardize``: z-score both sides' logits first (:func:`standardize_logits`).
@@ -106,6 +113,8 @@ def kd_loss(
     standardize: bool = False,
 ) -> torch.Tensor:
     """Hinton et al.'s distillation loss (arXiv:1503.02531), alpha weighting the soft term.
+
+    Introduced in notebook 04_loss.
 
     ``loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``
 

@@ -2,18 +2,21 @@
 
 This module owns ``run_dir/html/`` (:func:`render_html`): one page per executed notebook,
 rendered with the template and vendored widget renderer in :data:`STATIC_DIR`, a navigation
-bar between chapters, and an index page with the chapters and ``summary.md``.
+bar between chapters, an index page with the chapters and ``summary.md``, and the book's
+references page (``references.html``, from the ``references.md`` the run copied).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from kdbook.io import read_json, write_text
+from kdbook.io import png_title, read_json, write_text
+from kdbook.machinery.installed import REFERENCES
 from kdbook.stats import format_seconds
 
 HTML_DIR = "html"
@@ -34,6 +37,54 @@ def _notebook_title(nb: Any, fallback: str) -> str:
     return fallback
 
 
+# ``save_figure(fig, run_dir, "name")`` or ``save_figure(fig, run_dir, f"name_{i}")`` in a cell
+_SAVE_FIGURE = re.compile(r"""save_figure\([^)]*?,\s*(f?)(["'])(.+?)\2\s*\)""")
+
+
+def _cell_figures(source: str, figures: Path) -> list[Path]:
+    """The files a cell's ``save_figure`` calls wrote, in call order; an f-string name
+    stands for every file its literal parts match, in name order (a loop's figures)."""
+    files: list[Path] = []
+    for is_f, _, name in _SAVE_FIGURE.findall(source):
+        if is_f:
+            files += sorted(figures.glob(re.sub(r"\{[^}]*\}", "*", name) + ".png"))
+        else:
+            files.append(figures / f"{name}.png")
+    return files
+
+
+def _add_alt_text(nb: Any, figures: Path, chapter: str) -> None:
+    """Give each PNG output an ``alt`` (the template writes it on the ``<img>``): the title
+    that ``kdbook.plots.save_figure`` stored in the figure file the cell saved, matched in
+    order; a figure the cell did not save gets "a figure of <chapter>"."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        files = _cell_figures(cell.source, figures) if images else []
+        for k, output in enumerate(images):
+            title = png_title(files[k]) if k < len(files) else ""
+            metadata = output.setdefault("metadata", {}).setdefault("image/png", {})
+            metadata["alt"] = title or f"a figure of {chapter}"
+
+
+def _summary_alt_text(html: str, run_dir: Path) -> str:
+    """``summary.md``'s figures (``![name](figures/name.png)``) with their titles as alt."""
+
+    def retitle(match: re.Match) -> str:
+        tag = match.group(0)
+        src = re.search(r'src="([^"]+)"', tag)
+        title = png_title(run_dir / src.group(1)) if src else ""
+        if not title:
+            return tag
+        alt = f' alt="{escape(title)}"'
+        if re.search(r'\salt="[^"]*"', tag):
+            return re.sub(r'\salt="[^"]*"', lambda _: alt, tag, count=1)
+        return re.sub(r"\s*/?>$", lambda end: alt + end.group(0), tag)
+
+    return re.sub(r"<img\b[^>]*>", retitle, html)
+
+
 def _nav(items: Sequence[tuple[str, str]], index: int) -> str:
     """The bar above and below a chapter: contents, previous, this chapter, next."""
 
@@ -51,7 +102,7 @@ def _nav(items: Sequence[tuple[str, str]], index: int) -> str:
     )
 
 
-_INDEX_PAGE = """<!DOCTYPE html>
+_PAGE_HEAD = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -69,7 +120,9 @@ a.anchor-link {{ display: none; }}
 code {{ background: #f4f4f4; padding: 0 0.2em; }}
 </style>
 </head>
-<body>
+"""
+
+_INDEX_BODY = """<body>
 <h1>{title}</h1>
 <p>The notebooks of this run, executed, with their outputs; sliders show the state they were
 saved in (open the notebooks in JupyterLab, <code>make lab</code>, to move them).</p>
@@ -77,11 +130,37 @@ saved in (open the notebooks in JupyterLab, <code>make lab</code>, to move them)
 <ol class="chapters">
 {chapters}
 </ol>
+{references}
 <hr>
 {summary}
 </body>
 </html>
 """
+
+
+_REFERENCES_BODY = """<body>
+<p><a href="index.html">Contents</a></p>
+{body}
+</body>
+</html>
+"""
+_INDEX_PAGE, _REFERENCES_PAGE = _PAGE_HEAD + _INDEX_BODY, _PAGE_HEAD + _REFERENCES_BODY
+REFERENCES_HTML = "references.html"
+
+
+def _write_references(run_dir: Path, out: Path) -> bool:
+    """``references.html`` from the run folder's ``references.md`` (the book's page, copied
+    there by the run); returns whether there was one."""
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+
+    page = run_dir / REFERENCES
+    if not page.is_file():
+        (out / REFERENCES_HTML).unlink(missing_ok=True)
+        return False
+    body = markdown2html_mistune(page.read_text(encoding="utf-8"))
+    html = _REFERENCES_PAGE.format(title="kdbook: references", body=body)
+    write_text(out / REFERENCES_HTML, html)
+    return True
 
 
 def _copy_static(out: Path) -> None:
@@ -102,13 +181,16 @@ def _copy_static(out: Path) -> None:
 def _write_chapters(
     notebooks: Mapping[str, Any], items: Sequence[tuple[str, str]], out: Path
 ) -> None:
-    """One ``NN_name.html`` per notebook, in nbconvert's JupyterLab look, with the nav bar."""
+    """One ``NN_name.html`` per notebook, in nbconvert's JupyterLab look, with the nav bar;
+    a link to the references page (``references.md`` beside the notebooks) goes to its
+    HTML page."""
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", template_file=str(STATIC_DIR / "book.html.j2"))
     for index, (name, _title) in enumerate(items):
         resources = {"kdbook": {"static": "static", "nav": _nav(items, index)}}
         body, _ = exporter.from_notebook_node(notebooks[name], resources=resources)
+        body = body.replace(f'href="{REFERENCES}', f'href="{REFERENCES_HTML}')
         write_text(out / f"{name}.html", body)
 
 
@@ -138,7 +220,8 @@ def _summary_html(run_dir: Path) -> str:
     summary_md = run_dir / "summary.md"
     if not summary_md.is_file():
         return "<p>No summary.md in this run folder.</p>"
-    return markdown2html_mistune(summary_md.read_text(encoding="utf-8"))
+    html = markdown2html_mistune(summary_md.read_text(encoding="utf-8"))
+    return _summary_alt_text(html, run_dir)
 
 
 def render_html(run_dir: str | Path) -> Path:
@@ -166,7 +249,10 @@ def render_html(run_dir: str | Path) -> Path:
         name: nbformat.read(str(run_dir / f"{name}.ipynb"), as_version=4) for name in names
     }
     items = [(name, _notebook_title(nb, name)) for name, nb in notebooks.items()]
+    for name, title in items:
+        _add_alt_text(notebooks[name], run_dir / "figures", title)
     _copy_static(out)
+    references = _write_references(run_dir, out)
     _write_chapters(notebooks, items, out)
     figures = run_dir / "figures"
     if figures.is_dir():
@@ -174,6 +260,12 @@ def render_html(run_dir: str | Path) -> Path:
     page = _INDEX_PAGE.format(
         title=escape(f"kdbook: {run_dir.name}"),
         chapters=_chapter_list(run_dir, items),
+        references=(
+            f'<p><a href="{REFERENCES_HTML}">References</a>: the source tutorials and the papers '
+            "the chapters follow.</p>"
+            if references
+            else ""
+        ),
         summary=_summary_html(run_dir),
     )
     index = write_text(out / "index.html", page)

@@ -33,6 +33,7 @@ PACKAGE_BOOK: Path = PACKAGE_DIR / "book"  # in a wheel
 SOURCE_BOOK: Path = PACKAGE_DIR.parent / "notebooks"  # in a clone
 MANIFEST = ".kdbook-notebooks.json"
 IMPORT_CHECK_ID = "kdbook-import-check"
+REFERENCES = "references.md"  # the book's references page, beside the notebooks
 
 
 def book_dir() -> Path:
@@ -56,8 +57,18 @@ def book_notebooks() -> list[Path]:
     return sorted(p for p in book_dir().glob("*.ipynb") if not p.name.startswith("."))
 
 
+def book_files() -> list[Path]:
+    """What a copy of the book holds: the notebooks, then the references page (when the
+    book has one), which every notebook's first cell links."""
+    references = book_dir() / REFERENCES
+    return book_notebooks() + ([references] if references.is_file() else [])
+
+
 def fresh_copy(path: str | os.PathLike) -> bytes:
-    """A notebook's bytes with no outputs and no execution counts, as the student gets it."""
+    """A notebook's bytes with no outputs and no execution counts, as the student gets it
+    (any other file's bytes as they are)."""
+    if Path(path).suffix != ".ipynb":
+        return Path(path).read_bytes()
     nb = json.loads(Path(path).read_text(encoding="utf-8"))
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code":
@@ -111,7 +122,8 @@ def _manifest(folder: Path) -> dict[str, Any]:
 
 
 def copy_notebooks(folder: str | os.PathLike, force: bool = False) -> CopyReport:
-    """Copy a fresh, output-free set of the book's notebooks into ``folder``.
+    """Copy a fresh, output-free set of the book's notebooks into ``folder``, with the
+    references page they link (:func:`book_files`).
 
     A notebook already there is replaced only when it is exactly what an earlier
     ``copy_notebooks`` wrote (the student has not touched it), or with ``force``; an edited
@@ -137,7 +149,7 @@ def copy_notebooks(folder: str | os.PathLike, force: bool = False) -> CopyReport
     folder.mkdir(parents=True, exist_ok=True)
     recorded = dict(_manifest(folder).get("notebooks") or {})
     report = CopyReport(folder=folder)
-    for source in book_notebooks():
+    for source in book_files():
         fresh, target = fresh_copy(source), folder / source.name
         if not target.exists():
             bucket = report.copied
@@ -173,30 +185,19 @@ def lab_command(folder: str | os.PathLike) -> list[str]:
 
 
 IMPORT_CHECK_TEMPLATE = """\
-# Is kdbook installed in this kernel? This notebook belongs to kdbook VERSION.
-book_version = "VERSION"
-try:
+try:  # is kdbook installed in this kernel? This notebook belongs to kdbook VERSION.
     import kdbook
 except ModuleNotFoundError:
-    raise ModuleNotFoundError(
-        f"kdbook is not installed in this kernel: run  %pip install kdbook=={book_version}  "
-        f"(or  %pip install kdbook-{book_version}-py3-none-any.whl,  the wheel your "
-        "instructor shares) in a cell, then restart the kernel; "
-        f"this notebook belongs to kdbook {book_version}"
-    ) from None
-print(f"kdbook {kdbook.__version__} ({kdbook.__file__})")
-if kdbook.__version__ != book_version:
-    print(
-        f"note: this notebook belongs to kdbook {book_version}; "
-        "`kdbook notebooks DIR` copies the installed version's notebooks"
-    )"""
+    raise ModuleNotFoundError("kdbook is not installed in this kernel: run  %pip install kdbook==VERSION  (or  %pip install kdbook-VERSION-py3-none-any.whl,  the wheel your instructor shares) in a cell, then restart the kernel; this notebook belongs to kdbook VERSION") from None
+kdbook.check_version("VERSION")  # prints the version of kdbook and where it was imported from"""  # noqa: E501
 
 
 def import_check_source(version: str) -> str:
     """The source of the cell, after the parameters cell, that checks that kdbook imports.
 
     Without kdbook it stops with one line saying how to install it and which version the
-    notebook belongs to; it installs nothing itself.
+    notebook belongs to; it installs nothing itself. With it, :func:`kdbook.check_version`
+    prints the version and where it was imported from, and notes a version mismatch.
     """
     return IMPORT_CHECK_TEMPLATE.replace("VERSION", version)
 

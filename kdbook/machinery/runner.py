@@ -19,10 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kdbook.io import read_json
+from kdbook.io import atomic_write, read_json
 from kdbook.machinery.errors import BookError, notebook_failure, widget_failure
 from kdbook.machinery.execute import execute_with_retry
 from kdbook.machinery.html import render_html
+from kdbook.machinery.installed import REFERENCES, book_dir
 from kdbook.machinery.runfolder import hold
 from kdbook.machinery.selection import check_timeout, declared_parameters, select_notebooks
 from kdbook.report import jsonable, write_results
@@ -197,4 +198,17 @@ def _run_held(
         print(f"ok ({seconds:.1f} s)", flush=True)
         write_results(run_dir, status="running", notebooks=state, finished=None)
     write_results(run_dir, status="ok", notebooks=state, finished=_now())
+    _copy_references(run_dir, sources)
     render_html(run_dir)
+
+
+def _copy_references(run_dir: Path, sources: Mapping[str, Path]) -> None:
+    """The book's references page beside the executed notebooks, whose first cells link it:
+    the one beside the first notebook that has one, else the installed book's."""
+    folders = [*dict.fromkeys(p.parent for p in sources.values()), book_dir()]
+    page = next((f / REFERENCES for f in folders if (f / REFERENCES).is_file()), None)
+    if page is not None:
+        data = page.read_bytes()
+        target = run_dir / REFERENCES
+        if not target.is_file() or target.read_bytes() != data:
+            atomic_write(target, lambda f: f.write(data))

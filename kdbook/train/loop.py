@@ -95,6 +95,9 @@ def fit(
 ) -> History:
     """Train ``model`` on ``data.train``; distil from ``teacher`` when one is given.
 
+    Introduced in notebook 02_teacher; 05_distillation writes its distillation step out by
+    hand and checks that it leaves the same weights.
+
     Without a teacher the loss is cross-entropy on the labelled samples. With one, it is
     :func:`kdbook.losses.kd_loss` at ``temperature`` and ``alpha`` (numbers or schedules of
     the training progress ``step / total_steps``; None: the book's 4.0 and 0.7, declared in
