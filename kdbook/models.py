@@ -15,13 +15,19 @@ attention distillation) and ``forward_head`` (pooling and classifier).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from kdbook.data import Dataset
+
+class DataShape(Protocol):
+    """What a model is sized to: a :class:`kdbook.data.Dataset` has these."""
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _MIN_IMAGE_SIZE: dict[str, int] = {}
@@ -51,7 +57,7 @@ def list_models() -> list[str]:
 
 def build_model(
     name: str,
-    num_classes: int | Dataset,
+    num_classes: int | DataShape,
     *,
     in_channels: int | None = None,
     image_size: int | None = None,

@@ -243,7 +243,7 @@ class Distiller:
         if not self.distilling or cache is not None:
             got = "a logit cache" if cache is not None else "teacher=None"
             raise ValueError(f"view={view!r} needs a teacher model, got {got}")
-        view.check(self)
+        view.check(self.terms)
         return view
 
     def _teacher_name(self) -> str | list[str] | None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from kdbook.data import Dataset
 from kdbook.losses.logit import LogitKD
-
-if TYPE_CHECKING:
-    from kdbook.distill.distiller import Distiller
 
 
 class View:
@@ -24,8 +22,9 @@ class View:
     def setup(self, data: Dataset, device: torch.device) -> None:
         """Before the first batch: what the view needs of the data set, on the device."""
 
-    def check(self, distiller: Distiller) -> None:
-        """Raise ValueError when this view cannot be used with the distiller's loss."""
+    def check(self, terms: Sequence[nn.Module]) -> None:
+        """Raise ValueError when this view cannot be used with the loss ``terms`` (the
+        Distiller's, its logit term first)."""
 
     def __call__(
         self, x: torch.Tensor, idx: torch.Tensor, generator: torch.Generator
@@ -70,8 +69,8 @@ class Mixup(View):
             raise ValueError(f"concentration must be a number > 0, got {concentration!r}")
         self.concentration = float(concentration)
 
-    def check(self, distiller: Distiller) -> None:
-        first = distiller.terms[0]
+    def check(self, terms: Sequence[nn.Module]) -> None:
+        first = terms[0]
         alpha = first.alpha if isinstance(first, LogitKD) else None
         if callable(alpha) or alpha != 1:
             raise ValueError(
