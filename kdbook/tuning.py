@@ -72,9 +72,13 @@ class Method:
 
 
 def _fit_keywords() -> set[str]:
+    """``fit``'s keywords, its distillation ones (the Distiller's: ``feature_weight``, ...)
+    included."""
+    from kdbook.distill import Distiller
     from kdbook.train import fit
 
-    return set(inspect.signature(fit).parameters) - {"model", "data"}
+    own = set(inspect.signature(fit).parameters) - {"model", "data", "distill"}
+    return own | set(inspect.signature(Distiller).parameters) - {"teacher"}
 
 
 def check_methods(methods: Sequence[Method], budget: int) -> None:

@@ -49,6 +49,13 @@ def test_bad_input_is_refused_before_training(digits, no_training, methods, budg
         tune("tiny_cnn", digits, methods, budget=budget, seeds=[0])
 
 
+def test_a_distillation_keyword_of_fit_is_a_setting_too():
+    # fit passes feature_weight, view, terms, ... to its Distiller: tunable like lr
+    hint = Method("hint", {"lr": [0.05], "feature_weight": [0.3, 1.0]}, {"feature_loss": object})
+    check_methods([ALONE, hint], 2)
+    assert hint.fit_arguments({"lr": 0.05, "feature_weight": 0.3})["feature_weight"] == 0.3
+
+
 def test_every_method_gets_the_same_budget_drawn_the_same_way():
     kd = Method("KD", {"lr": [0.02, 0.05, 0.1], "temperature": [1.0, 2.0, 4.0, 8.0]})
     picked = draw(kd, 4)
