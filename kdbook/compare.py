@@ -283,12 +283,13 @@ class Comparison:
         return f"{method} diverged on {len(seeds)} of {len(self.per_seed)} seeds ({listed})"
 
     def verdicts(self, *, relative: bool = False, key: str | None = None) -> dict[str, dict]:
-        """Per run: the verdict word against scratch (``"vs_scratch"``) and, with a baseline,
+        """Per run: the verdict against scratch in the method's name (``"vs_scratch"``:
+        ``"DKD helps"``, ``"KD hurts"``, ``"inside seed noise"``) and, with a baseline,
         against it (under ``key``, default ``"vs_<baseline>"``; ``relative``: in the words of
         :func:`relative_verdict`)."""
         s, out = self.stats(), {}
         for name, row in s.iterrows():
-            word = verdict(row["gain_vs_scratch"], row["gain_vs_scratch_ci95"])
+            word = method_verdict(_short(name), row["gain_vs_scratch"], row["gain_vs_scratch_ci95"])
             out[name] = {"vs_scratch": self._flagged(name, word)}
             if self.baseline is not None:
                 gain = row[f"gain_vs_{self.baseline}"], row[f"gain_vs_{self.baseline}_ci95"]

@@ -325,7 +325,7 @@ def test_verdicts_and_verdict_sentences() -> None:
     c = hand_built()
     assert c.verdicts() == {
         SCRATCH: {"vs_scratch": "inside seed noise", "vs_A": "KD hurts"},
-        "A": {"vs_scratch": "KD helps", "vs_A": "inside seed noise"},
+        "A": {"vs_scratch": "A helps", "vs_A": "inside seed noise"},  # the method, named
         "B": {"vs_scratch": "inside seed noise", "vs_A": "KD hurts"},
     }
     relative = c.verdicts(relative=True, key="vs_a")
