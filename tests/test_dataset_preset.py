@@ -64,7 +64,7 @@ def test_a_notebook_says_which_preset_runs_in_one_line(capsys):
     assert cfg.preset == "glyphs" and out[0] == preset_line(cfg, "classroom")
     assert out[0] == (
         "preset 'glyphs', the data set's own ('classroom' is sized for digits): "
-        "mnist_teacher -> tiny_cnn, 30 epochs, 5 seeds, on cpu"
+        "digits_teacher -> tiny_cnn, 20 epochs, 5 seeds, on cpu"
     )
     config_from({"preset": "glyphs", "dataset": "glyphs"})  # asked for: nothing to say
     config_from({"preset": "classroom", "dataset": "digits"})
