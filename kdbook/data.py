@@ -1,9 +1,8 @@
 """Named data sets as uint8 tensors, and a batched loader that augments on the tensor.
 
-``load_dataset("digits")`` needs nothing on disk (scikit-learn ships the images), nor does
-``glyphs`` (drawn from matplotlib's fonts: :mod:`kdbook.glyphs`); ``cifar10`` reads
-torchvision's real ``CIFAR10`` files from ``root``; ``imagefolder:PATH`` reads a
-``train/ val/ test/ <class>/`` tree through torchvision's real ``ImageFolder``;
+``load_dataset("digits")`` needs nothing on disk (scikit-learn ships the images), nor ``glyphs``;
+``cifar10`` reads torchvision's real ``CIFAR10`` files from ``root``; ``imagefolder:PATH``
+reads a ``train/ val/ test/ <class>/`` tree through torchvision's real ``ImageFolder``;
 ``synthetic-cifar10[:N]`` makes CIFAR-shaped SYNTHETIC images in seconds (no download).
 
 >>> data = load_dataset("digits")
@@ -269,12 +268,10 @@ def _load_digits(val_fraction: float, split_seed: int) -> Dataset:
 
 
 def _load_glyphs(root: Path, seed: int) -> Dataset:
-    from kdbook.glyphs import GLYPH_CLASSES, GLYPH_MEAN, GLYPH_STD, load_glyphs
+    from kdbook.glyphs import GLYPH_CLASSES, GLYPH_MEAN, GLYPH_PAD, GLYPH_STD, load_glyphs
 
-    splits = load_glyphs(root, seed)
-    train, val, test = (Split(*splits[name][:2]) for name in ("train", "val", "test"))
-    # Characters are not mirror-symmetric: shift by one pixel, never flip (as digits).
-    return Dataset(GLYPHS, train, val, test, list(GLYPH_CLASSES), GLYPH_MEAN, GLYPH_STD, Augment(1))
+    splits = [Split(x, y) for x, y, _ in load_glyphs(root, seed).values()]  # train, val, test
+    return Dataset(GLYPHS, *splits, list(GLYPH_CLASSES), GLYPH_MEAN, GLYPH_STD, Augment(GLYPH_PAD))
 
 
 def _check_cifar10_md5(folder: Path) -> None:

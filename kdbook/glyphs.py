@@ -77,6 +77,7 @@ TEST_FONTS: tuple[str, ...] = (
 SPLIT_FONTS = {"train": TRAIN_FONTS, "val": VAL_FONTS, "test": TEST_FONTS}
 PER_FONT = {"train": 12, "val": 12, "test": 20}  # images of each class from each face
 GLYPH_MEAN, GLYPH_STD = (0.17,), (0.18,)  # of the default training images, grey levels in [0, 1]
+GLYPH_PAD = 1  # training shifts by up to this many pixels, never flips (a mirrored J is no J)
 IMAGE_SIZE = 16
 MASTER = 4  # characters are drawn at MASTER x the image side, then warped and averaged down
 STROKES = (0, 1, 2)  # thickenings of the strokes, in pixels of the drawing (thinning would
