@@ -1,6 +1,6 @@
 """Named data sets as uint8 tensors, and a batched loader that augments on the tensor.
 
-``load_dataset("digits")`` needs nothing on disk (scikit-learn ships the images);
+``load_dataset("digits")`` needs nothing on disk (scikit-learn ships the images), nor ``glyphs``;
 ``cifar10`` reads torchvision's real ``CIFAR10`` files from ``root``; ``imagefolder:PATH``
 reads a ``train/ val/ test/ <class>/`` tree through torchvision's real ``ImageFolder``;
 ``synthetic-cifar10[:N]`` makes CIFAR-shaped SYNTHETIC images in seconds (no download).
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdbook.config import SYNTHETIC_CIFAR10, check_dataset_spec, synthetic_size
+from kdbook.config import GLYPHS, SYNTHETIC_CIFAR10, check_dataset_spec, synthetic_size
 from kdbook.runtime import UNLABELED
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # source 1's normalisation
@@ -267,6 +267,13 @@ def _load_digits(val_fraction: float, split_seed: int) -> Dataset:
     )
 
 
+def _load_glyphs(root: Path, seed: int) -> Dataset:
+    from kdbook.glyphs import GLYPH_CLASSES, GLYPH_MEAN, GLYPH_PAD, GLYPH_STD, load_glyphs
+
+    splits = [Split(x, y) for x, y, _ in load_glyphs(root, seed).values()]  # train, val, test
+    return Dataset(GLYPHS, *splits, list(GLYPH_CLASSES), GLYPH_MEAN, GLYPH_STD, Augment(GLYPH_PAD))
+
+
 def _check_cifar10_md5(folder: Path) -> None:
     """Raise ValueError naming the first CIFAR-10 file whose md5 is not torchvision's."""
     from torchvision.datasets import CIFAR10
@@ -462,16 +469,16 @@ def load_dataset(
     Introduced in notebook 01_data.
 
     Args:
-        spec: ``"digits"`` (embedded), ``"cifar10"`` (files in ``root``),
+        spec: ``"digits"`` (embedded), ``"glyphs"`` (made here), ``"cifar10"`` (files in ``root``),
             ``"synthetic-cifar10"`` or ``"synthetic-cifar10:N"`` (made up here, N training
             images: :func:`synthetic_cifar10`) or ``"imagefolder:PATH"`` (a
             ``train/ val/ test/ <class>/`` tree).
-        root: folder holding downloaded data sets (CIFAR-10); a relative path that does
-            not exist from the current folder is taken under the project root.
+        root: folder of downloaded data sets (CIFAR-10) and the glyphs made here; a relative
+            path that does not exist from the current folder is taken under the project root.
         val_fraction: share of train carved out as validation (digits, cifar10).
         split_seed: seed of the split, fixed apart from the training seed so that
-            every model in a comparison sees the same split (of the synthetic images: the
-            seed they are made from).
+            every model in a comparison sees the same split (of the synthetic images and
+            the glyphs: the seed they are made from).
         image_size: side length ImageFolder images are resized to.
 
     Returns:
@@ -484,6 +491,8 @@ def load_dataset(
         return _load_digits(val_fraction, split_seed)
     if spec == "cifar10":
         return _load_cifar10(resolve_path(root), val_fraction, split_seed)
+    if spec == GLYPHS:
+        return _load_glyphs(resolve_path(root), split_seed)
     if (size := synthetic_size(spec)) is not None:
         return synthetic_cifar10(size or SYNTHETIC_CIFAR10_SIZE, seed=split_seed)
     return _load_image_folder(resolve_path(spec.split(":", 1)[1]), image_size)

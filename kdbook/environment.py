@@ -108,7 +108,7 @@ def _device_checks() -> list[EnvCheck]:
             "device",
             INFO,
             f"CPU only (torch threads: {torch.get_num_threads()})",
-            "fine for the classroom preset; the cifar10 preset wants a CUDA GPU",
+            "fine for the classroom and glyphs presets; the cifar10 preset wants a CUDA GPU",
         )
     ]
 
@@ -163,6 +163,7 @@ def _data_checks(root: str = "data") -> list[EnvCheck]:
         rows.append(EnvCheck("data digits", OK, f"{count} images (embedded)"))
     except Exception as e:  # a broken scikit-learn install can raise anything
         rows.append(EnvCheck("data digits", FAIL, f"{type(e).__name__}: {e}", "run `make venv`"))
+    rows.append(_glyphs_check(root))
     try:
         check_available("cifar10", root)
         rows.append(EnvCheck("data cifar10", OK, f"found in {resolve_path(root)}"))
@@ -178,6 +179,27 @@ def _data_checks(root: str = "data") -> list[EnvCheck]:
         )
     )
     return rows
+
+
+def _glyphs_check(root: str = "data") -> EnvCheck:
+    """The glyphs data set: matplotlib's fonts it is drawn from, and whether it is kept yet."""
+    from kdbook.data import resolve_path
+    from kdbook.glyphs import SPLIT_FONTS, cache_path, font_folder, missing_fonts
+
+    missing = missing_fonts()
+    if missing:
+        return EnvCheck(
+            "data glyphs",
+            FAIL,
+            f"{len(missing)} font files missing from {font_folder()}: {', '.join(missing)}",
+            "reinstall matplotlib (`make venv`); the glyphs are drawn from its fonts",
+        )
+    faces = sum(len(fonts) for fonts in SPLIT_FONTS.values())
+    path = cache_path(resolve_path(root))
+    kept = f"kept in {path.parent}" if path.is_file() else "made on first use, in about a second"
+    return EnvCheck(
+        "data glyphs", OK, f"drawn from {faces} faces of matplotlib's fonts (no download), {kept}"
+    )
 
 
 def _book_check() -> EnvCheck:

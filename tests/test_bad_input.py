@@ -132,7 +132,7 @@ CASES = [
         ValueError,
         "dataset must be",
         "'mnist'",
-        "'digits', 'cifar10', 'synthetic-cifar10[:N]' (N >= 20) or 'imagefolder:PATH'",
+        "'digits', 'glyphs', 'cifar10', 'synthetic-cifar10[:N]' (N >= 20) or 'imagefolder:PATH'",
     ),
     case(
         "dataset-val-fraction",
@@ -379,7 +379,7 @@ CASES = [
         "config-preset",
         lambda c: make_config("huge"),
         ValueError,
-        "preset must be one of ['cifar10', 'classroom', 'imagefolder'], got 'huge'",
+        "preset must be one of ['cifar10', 'classroom', 'glyphs', 'imagefolder'], got 'huge'",
     ),
     case(
         "config-temperature",
@@ -403,8 +403,8 @@ CASES = [
         "config-dataset",
         lambda c: make_config(dataset="imagefolder:"),
         ValueError,
-        "dataset must be 'digits', 'cifar10', 'synthetic-cifar10[:N]' (N >= 20) or "
-        "'imagefolder:PATH', got 'imagefolder:'",
+        "dataset must be 'digits', 'glyphs', 'cifar10', 'synthetic-cifar10[:N]' (N >= 20) "
+        "or 'imagefolder:PATH', got 'imagefolder:'",
     ),
 ]
 

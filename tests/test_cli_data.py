@@ -25,8 +25,8 @@ def test_a_bad_name_is_refused_before_loading_anything(capsys) -> None:
     captured = capsys.readouterr()
     assert captured.out == ""  # digits was not loaded first
     assert (
-        "dataset must be 'digits', 'cifar10', 'synthetic-cifar10[:N]' (N >= 20) or "
-        "'imagefolder:PATH', got 'mnist'" in captured.err
+        "dataset must be 'digits', 'glyphs', 'cifar10', 'synthetic-cifar10[:N]' (N >= 20) "
+        "or 'imagefolder:PATH', got 'mnist'" in captured.err
     )
 
 

@@ -22,7 +22,7 @@ from kdbook.config import (
 from kdbook.models import list_models
 
 
-@pytest.mark.parametrize("preset", ["classroom", "cifar10"])
+@pytest.mark.parametrize("preset", ["classroom", "glyphs", "cifar10"])
 def test_none_resolves_from_preset(preset):
     cfg = make_config(preset)
     for name, value in PRESETS[preset].items():
@@ -124,6 +124,7 @@ def test_good_device_strings_pass(device):
 # Every preset, with the data set it needs, and 'auto' given or left to the preset.
 PRESET_CASES = [
     {"preset": "classroom"},
+    {"preset": "glyphs"},
     {"preset": "cifar10"},
     {"preset": "cifar10", "dataset": "synthetic-cifar10:200"},
     {"preset": "imagefolder", "dataset": "imagefolder:some/tree"},
@@ -193,7 +194,9 @@ def test_bad_synthetic_specs_are_refused(spec):
         check_dataset_spec(spec)
 
 
-@pytest.mark.parametrize("spec", ["digits", "cifar10", "imagefolder:/x", "imagefolder:data/y"])
+@pytest.mark.parametrize(
+    "spec", ["digits", "glyphs", "cifar10", "imagefolder:/x", "imagefolder:data/y"]
+)
 def test_good_dataset_specs_pass(spec):
     check_dataset_spec(spec)
 

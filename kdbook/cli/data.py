@@ -8,6 +8,7 @@ from typing import Any
 DATA_EPILOG = """\
 examples:
   kdbook data                                   digits and cifar10
+  kdbook data glyphs                            characters drawn from matplotlib's fonts
   kdbook data imagefolder:data/chest_xray       your own train/ val/ test/ <class>/ tree
 
 Exit status: 0 every data set loaded, 1 one is not in place or not readable (the line says
@@ -30,7 +31,7 @@ def add_data(sub: Any, fmt: type) -> None:
         "specs",
         nargs="*",
         metavar="DATASET",
-        help="digits, cifar10 or imagefolder:PATH (default: digits and cifar10)",
+        help="digits, glyphs, cifar10 or imagefolder:PATH (default: digits and cifar10)",
     )
     data.add_argument("--root", default="data", help="the data folder (default: data)")
 

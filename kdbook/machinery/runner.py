@@ -151,17 +151,17 @@ def run_book(
 
 
 def _setup_lines(params: Mapping[str, Any]) -> list[str]:
-    """What the run's configuration says before any work (the device 'auto' became, a
-    full-size teacher on a CPU, SYNTHETIC data): once for the book, as each notebook
-    also prints it (:func:`kdbook.config.setup_lines`)."""
-    from kdbook.config import FIELDS, make_config, setup_lines
+    """What the run's configuration says before any work (the preset a data set chose, the
+    device 'auto' became, a full-size teacher on a CPU, SYNTHETIC data): once for the book,
+    as each notebook also prints it (:func:`kdbook.config.setup_lines`)."""
+    from kdbook.config import DEFAULT_PRESET, FIELDS, make_config, setup_lines
 
     given = {k: v for k, v in params.items() if k in FIELDS}
     try:
         cfg = make_config(**given)
     except (TypeError, ValueError):  # a notebook's own check reports it, naming the notebook
         return []
-    return setup_lines(cfg, given.get("device"))
+    return setup_lines(cfg, given.get("device"), given.get("preset", DEFAULT_PRESET))
 
 
 def _run_held(
