@@ -228,19 +228,29 @@ class Tuning:
         }
 
     def compare(
-        self, *, seeds: Sequence[int], baseline: str | None = None, **kwargs: Any
+        self,
+        *,
+        seeds: Sequence[int],
+        baseline: str | None = None,
+        data: Dataset | None = None,
+        setting: str | None = None,
+        **kwargs: Any,
     ) -> Comparison:
         """The final comparison: every chosen method (and the student alone, at its chosen
         setting) over ``seeds`` from identical weights, the test split read once. A method
-        without a choice is left out, and :meth:`Tuning.choices` says why."""
+        without a choice is left out, and :meth:`Tuning.choices` says why. ``data`` and
+        ``setting``: run the same choices on another data set (09's all labels, tuned with
+        few), labelled ``setting``."""
+        data = self.data if data is None else data
+        setting = self.setting if setting is None else setting
         alone = self.by_name(SCRATCH).fit_arguments(self.chosen.get(SCRATCH, {}))
         shared = {**self.fit_kwargs, **alone, **kwargs}
         recipes = self.recipes()
         if baseline is not None and baseline not in recipes:
             baseline = None  # it diverged at every setting: the comparison says so
         result = compare_methods(
-            self.student, self.data, recipes, seeds=list(seeds), baseline=baseline,
-            setting=self.setting, **shared,
+            self.student, data, recipes, seeds=list(seeds), baseline=baseline,
+            setting=setting, **shared,
         )  # fmt: skip
         if not self.unchosen:
             return result
@@ -248,7 +258,7 @@ class Tuning:
         per_seed = result.per_seed.assign(**dict.fromkeys(self.unchosen, math.nan))
         methods = [m.name for m in self.methods if m.name != SCRATCH]
         final = Comparison.from_per_seed(
-            per_seed, methods, baseline=baseline, setting=self.setting, diverged=result.diverged
+            per_seed, methods, baseline=baseline, setting=setting, diverged=result.diverged
         )
         final.models, final.excluded = (
             result.models,

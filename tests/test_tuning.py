@@ -148,3 +148,17 @@ def test_a_recipe_trains_on_its_own_training_split(digits):
     moved = type(other)(**{**other.__dict__, "val": Split(other.val.images, other.val.labels)})
     with pytest.raises(ValueError, match="must share the comparison's validation and test"):
         compare_methods("tiny_cnn", digits, {"x": {"train_data": moved}}, seeds=[0])
+
+
+def test_the_choices_run_on_other_data_and_a_method_without_a_choice_stays_named(digits, teacher):
+    # 09: tuned with few labels, the same choices compared with all labels
+    scarce = digits.with_label_fraction(0.05, seed=0)
+    methods = [Method(SCRATCH, {"lr": [0.05]}), Method("KD", {"lr": [0.05]}, {"teacher": teacher})]
+    tuning = tune("tiny_cnn", scarce, methods, budget=1, seeds=[0], num_epochs=1, progress=False)
+    final = tuning.compare(seeds=[0, 1], data=digits, setting="all labels", baseline="KD",
+                           num_epochs=1, progress=False)  # fmt: skip
+    assert final.setting == "all labels" and list(final.per_seed.index) == [0, 1]
+    tuning.chosen.pop("KD")  # as if KD had diverged at every setting
+    tuning.unchosen["KD"] = "every setting diverged"
+    alone = tuning.compare(seeds=[0], data=digits, baseline="KD", num_epochs=1, progress=False)
+    assert "KD" in alone.excluded and alone.baseline is None
