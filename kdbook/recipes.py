@@ -8,7 +8,6 @@ no function: ``fit(student, data, teacher=[t1, t2], teacher_weights=[...])``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdbook.checkpoint import History, is_unfinished, load_checkpoint, save_checkpoint
-from kdbook.config import PRESETS, check_params, cpu_sizes, resolve_device
+from kdbook.config import PRESETS, check_params, cpu_sizes, default, resolve_device
 from kdbook.data import Dataset
 from kdbook.io import read_json, write_json
 from kdbook.models import build_model
@@ -298,7 +297,7 @@ def vit_teacher_from_run(
 
 
 TUNED_KD_NOTEBOOK = "07_tuning"  # the notebook whose validation-chosen (T, alpha) later ones use
-SOURCES_DEFAULT_KD = {"temperature": 4.0, "alpha": 0.7}  # the sources' starting point
+SOURCES_DEFAULT_KD = {k: default(k) for k in ("temperature", "alpha")}  # the sources' start
 
 
 def kd_settings_from_run(cfg: Any, temperature: float | None, alpha: float | None) -> Any:
@@ -325,7 +324,7 @@ def kd_settings_from_run(cfg: Any, temperature: float | None, alpha: float | Non
         f"the sources' starting point ({TUNED_KD_NOTEBOOK} has not run in this run folder)",
     )
     if path.is_file():
-        metrics = json.loads(path.read_text())
+        metrics = read_json(path)
         best, run_cfg = metrics.get("best") or {}, metrics.get("config") or {}
         if set(SOURCES_DEFAULT_KD) <= set(best):
             chosen = {k: float(best[k]) for k in SOURCES_DEFAULT_KD}
