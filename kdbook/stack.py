@@ -438,3 +438,30 @@ class TeacherViews:
         params = params.to(idx.device)
         view = params[:, 0] * side + params[:, 1] + params[:, 2] * side * side
         return self.logits[view, idx]
+
+
+def fit_side_by_side(
+    models: Sequence[nn.Module],
+    data: Dataset,
+    runs: Sequence[Mapping[str, Any]],
+    *,
+    progress: bool = True,
+    desc: str | None = None,
+    **shared: Any,
+) -> list[History]:
+    """``fit(models[i], data, **shared, **runs[i])`` for every ``i``: side by side
+    (:func:`fit_stacked`) when they stack, else one at a time after one line saying why. The
+    same weights either way, up to float round-off; for recipes that train many seeds of one
+    step at a time (born-again generations, mutual learning's turns)."""
+    from kdbook.train import fit
+
+    if len(models) > 1:
+        try:
+            return fit_stacked(models, data, runs, progress=progress, desc=desc, **shared)
+        except NotStackable as e:  # raised before any weight changed
+            if progress:
+                print(f"kdbook: {len(models)} runs train one at a time instead ({e})")
+    return [
+        fit(model, data, progress=progress, desc=desc, **{**shared, **run})
+        for model, run in zip(models, runs, strict=True)
+    ]

@@ -365,8 +365,9 @@ def tune_procedure(
 ) -> Tuning:
     """The protocol of :func:`tune` for a method that is not one ``fit`` call (mutual
     learning, born-again generations): ``budget`` settings of ``space``, each trained over
-    ``seeds`` by ``train(seed=s, **setting) -> (model, history)`` and scored by the model's
-    mean **validation** accuracy; a setting with a diverged run cannot be chosen.
+    ``seeds`` by ``train(seeds=[...], **setting) -> [(model, history), ...]`` (one pair per
+    seed, in order: the seeds may train side by side) and scored by the models' mean
+    **validation** accuracy; a setting with a diverged run cannot be chosen.
 
     The result's tables (:meth:`Tuning.table`, :meth:`~Tuning.choices`,
     :meth:`~Tuning.best_so_far`) read like :func:`tune`'s; its ``chosen[name]`` is the
@@ -389,7 +390,7 @@ def tune_procedure(
         if key not in accepted:
             raise ValueError(
                 f"{name}: unknown setting {key!r} in its search space; accepted: "
-                f"{sorted(accepted - {'seed'})}"
+                f"{sorted(accepted - {'seeds'})}"
             )
         if isinstance(values, str) or not isinstance(values, Sequence) or not values:
             raise ValueError(
@@ -412,8 +413,10 @@ def tune_procedure(
     rows = []
     for choice in drawn[name]:
         scores, failed = [], 0
-        for seed in seeds:
-            model, history = train(seed=seed, **choice)
+        runs = train(seeds=seeds, **choice)
+        if len(runs) != len(seeds):
+            raise ValueError(f"{name}: train returned {len(runs)} runs for {len(seeds)} seeds")
+        for model, history in runs:
             val = accuracy(predict(model, data, "val", device), data.val.labels)
             if diverged(history, val, chance):
                 failed, val = failed + 1, math.nan

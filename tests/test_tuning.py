@@ -172,12 +172,18 @@ def test_tune_procedure_chooses_on_validation_and_names_diverged_settings(digits
 
     calls = []
 
-    def train(seed, lr):
-        calls.append((seed, lr))
-        model = build_model("tiny_cnn", digits)
-        if lr > 1:  # this setting "diverges": a non-finite loss in its history
-            return model, History(settings={}, epochs=[{"train_loss": math.nan}])
-        return model, fit(model, digits, num_epochs=1, lr=lr, seed=seed, progress=False)
+    def train(seeds, lr):
+        runs = []
+        for seed in seeds:
+            calls.append((seed, lr))
+            model = build_model("tiny_cnn", digits)
+            if lr > 1:  # this setting "diverges": a non-finite loss in its history
+                runs.append((model, History(settings={}, epochs=[{"train_loss": math.nan}])))
+            else:
+                runs.append(
+                    (model, fit(model, digits, num_epochs=1, lr=lr, seed=seed, progress=False))
+                )
+        return runs
 
     tuning = tune_procedure(
         "mutual", {"lr": [0.05, 10.0]}, train, digits, budget=2, seeds=[0, 1], progress=False
@@ -204,7 +210,7 @@ def test_tune_procedure_chooses_on_validation_and_names_diverged_settings(digits
 def test_tune_procedure_refuses_bad_input_before_training(digits, space, budget, message):
     from kdbook.tuning import tune_procedure
 
-    def train(seed, lr):
+    def train(seeds, lr):
         raise AssertionError("training started before the input was checked")
 
     with pytest.raises(ValueError, match=message):
