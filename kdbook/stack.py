@@ -41,7 +41,7 @@ from kdbook.checkpoint import History
 from kdbook.data import UNLABELED, Dataset
 from kdbook.distill import LogitCache
 from kdbook.io import tensor_digest
-from kdbook.losses import Outputs
+from kdbook.losses import Outputs, ensemble_logits
 from kdbook.runtime import autocast
 from kdbook.schedules import value_at
 
@@ -258,7 +258,7 @@ class _Stack:
             runs = sum(
                 1
                 for i, loop in enumerate(self.loops)
-                if loop.distiller.teachers and loop.distiller.teachers[0] is teacher
+                if any(t is teacher for t in loop.distiller.teachers)
                 and self.loaders[self.loader_of[i]].images.data_ptr() == key[1]
             )  # fmt: skip
             passes = runs * self.loops[0].history.settings["num_epochs"]
@@ -283,16 +283,32 @@ class _Stack:
         kl = torch.zeros(g)
         distilled = [j for j, i in enumerate(rows) if self.loops[i].distiller.distilling]
         teachers: dict[Any, list[int]] = {}
-        for j in distilled:  # runs of one teacher model share its passes; caches, ensembles
-            source = self.loops[rows[j]].distiller.source  # look their logits up per run
-            one = source.cache is None and len(source.teachers) == 1
-            teachers.setdefault(id(source.teachers[0]) if one else ("own", j), []).append(j)
+        for j in distilled:  # runs of one teacher model (or one ensemble) share its passes;
+            source = self.loops[rows[j]].distiller.source  # caches look logits up per run
+            if source.cache is not None:
+                key: Any = ("own", j)
+            elif len(source.teachers) == 1:
+                key = id(source.teachers[0])
+            else:
+                key = ("ensemble", *(id(t) for t in source.teachers))
+            teachers.setdefault(key, []).append(j)
         for key, group in teachers.items():
             temps = [value_at(self.loops[rows[j]].distiller.temperature, progress) for j in group]
             source = self.loops[rows[group[0]]].distiller.source
-            if isinstance(key, tuple):
+            if isinstance(key, tuple) and key[0] == "own":
                 idx = seen[group[0]][0]
                 t_logits = source.teach(x[group[0]], idx, temps[0], False)[0].unsqueeze(0)
+            elif isinstance(key, tuple):  # each member's passes shared, mixed per run at its T
+                members = [
+                    self._teacher_logits(t, x[group], [seen[j] for j in group])
+                    for t in source.teachers
+                ]
+                t_logits = torch.stack([
+                    ensemble_logits(
+                        [m[k] for m in members], temps[k], self._source(rows[j]).weights
+                    )
+                    for k, j in enumerate(group)
+                ])  # fmt: skip
             else:
                 t_logits = self._teacher_logits(
                     source.teachers[0], x[group], [seen[j] for j in group]
@@ -328,6 +344,9 @@ class _Stack:
             stats = torch.stack([part.detach().double().cpu() for part in parts], dim=1)
             self.sums[rows] += stats
         return loss
+
+    def _source(self, i: int):
+        return self.loops[i].distiller.source
 
     def _term(self, i: int):
         return self.loops[i].distiller.terms[0]
