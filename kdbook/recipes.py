@@ -297,14 +297,22 @@ def mutual_learning(
 
 
 def vit_teacher_from_run(
-    cfg, data: Dataset, *, lr: float, weight_decay: float, progress: bool = True
+    cfg,
+    data: Dataset,
+    *,
+    lr: float,
+    weight_decay: float,
+    num_epochs: int | None = None,
+    progress: bool = True,
 ) -> tuple[nn.Module, History]:
     """The ViT teacher of notebooks 10 and 11, trained once and kept in ``run_dir``.
 
     ``vit_tiny`` built after ``torch.manual_seed(cfg.seed)`` and trained with AdamW (a ViT
-    needs it: SGD at the CNN's settings barely moves it) at ``lr`` and ``weight_decay``,
-    the rest from ``cfg``. Checkpointed in ``run_dir/vit_teacher.pt``, so the second
-    notebook, or a rerun, loads the finished run (or continues an interrupted one).
+    needs it: SGD at the CNN's settings barely moves it) at ``lr`` and ``weight_decay`` for
+    ``num_epochs`` (None: ``cfg``'s; the notebooks pass the book teacher's, so that their
+    students' epochs do not change the teacher), the rest from ``cfg``. Checkpointed in
+    ``run_dir/vit_teacher.pt``, so the second notebook, or a rerun, loads the finished run
+    (or continues an interrupted one).
 
     Returns:
         The ViT in eval mode and its history.
@@ -317,6 +325,7 @@ def vit_teacher_from_run(
         optimizer="adamw",
         lr=lr,
         weight_decay=weight_decay,
+        **({} if num_epochs is None else {"num_epochs": num_epochs}),
         progress=progress,
         desc="teacher vit_tiny",
         hooks=[TimeEstimate()],  # its expected time, after the first epoch
