@@ -10,8 +10,10 @@ weights it would have had trained alone by :func:`kdbook.train.fit`, up to float
 round-off (``tests/test_stack.py`` checks both).
 
 What can be stacked is a run fit trains with cross-entropy alone or with the logit KD loss
-(from a teacher model, an ensemble or a logit cache), in fp32 or bf16, on one process,
-without hooks, checkpoints, accumulation, dropout, views or extra loss terms
+(from a teacher model, an ensemble or a logit cache; or a run's own logit term, DKD or a
+standardised KD), with or without a feature term (attention transfer, hints with their
+adapter, token alignment: :mod:`kdbook.stack_features`), in fp32 or bf16, on one process,
+without hooks, checkpoints, accumulation, dropout, views or other loss terms
 (:func:`why_not_stacked` says which). The rest trains one run at a time, with the same
 result.
 
@@ -44,10 +46,12 @@ from kdbook.io import tensor_digest
 from kdbook.losses import Outputs
 from kdbook.runtime import autocast
 from kdbook.schedules import value_at
+from kdbook.stack_features import FeatureTerms, why_adapters_not_stacked, why_feature_not_stacked
 
 # fit's keywords a stacked run may set; the shared ones must be equal across the stack
 STACKED_KEYWORDS = frozenset(
     {"teacher", "teacher_weights", "temperature", "alpha", "seed", "progress", "desc", "terms"}
+    | {"feature_loss", "feature_weight"}
     | {"num_epochs", "lr"}
     | {"batch_size", "optimizer", "momentum", "weight_decay", "augment", "precision"}
     | {"device", "channels_last"}
@@ -70,6 +74,8 @@ def why_not_stacked(model: nn.Module, kwargs: Mapping[str, Any]) -> str | None:
         return f"{other[0]} is not stacked"
     terms = list(kwargs.get("terms") or [])
     if terms and (reason := _why_term_not_stacked(terms, kwargs.get("teacher"))) is not None:
+        return reason
+    if (reason := why_feature_not_stacked(kwargs)) is not None:
         return reason
     teacher = kwargs.get("teacher")
     teachers = teacher if isinstance(teacher, list | tuple) else [teacher]
@@ -117,8 +123,9 @@ def fit_stacked(
     """Train ``models[i]`` as ``fit(models[i], data, **shared, **runs[i])`` would, all at once.
 
     ``runs`` holds each run's own fit keywords (``seed``, ``teacher``, ``temperature``,
-    ``alpha``), ``shared`` the ones all runs share (``num_epochs``, ``lr``, ...). The
-    models are trained in place. Each history records the run's epochs as fit's does; its
+    ``alpha``, ``terms``, ``feature_loss``, ``feature_weight``), ``shared`` the ones all runs
+    share (``num_epochs``, ``lr``, ...). The models, and the runs' feature losses (their
+    adapters), are trained in place. Each history records the run's epochs as fit's does; its
     ``seconds`` are the stack's epoch time divided by the number of runs. ``announce``:
     print, after the second epoch, the time the stack will take.
 
@@ -136,6 +143,8 @@ def fit_stacked(
         reason = why_not_stacked(model, kw)
         if reason is not None:
             raise NotStackable(reason)
+    if (reason := why_adapters_not_stacked(kwargs)) is not None:
+        raise NotStackable(reason)
     if len({stack_key(m, kw) for m, kw in zip(models, kwargs, strict=True)}) > 1:
         raise NotStackable("the runs differ in architecture or in a shared setting")
     loops = [make_loop(m, data, fit_arguments(kw))[0] for m, kw in zip(models, kwargs, strict=True)]
@@ -167,11 +176,12 @@ class _Stack:
         self.loops, self.runtime = loops, loops[0].runtime
         self.params, self.buffers = stack_module_state([loop.model for loop in loops])
         self.base = copy.deepcopy(loops[0].model).to("meta")
-        self.forward = torch.vmap(self._call)
+        self.features = FeatureTerms(loops, self.base)  # runs with a feature term
+        self.forward = torch.vmap(self.features.split if self.features else self._call)
         self.evaluate_forward = torch.vmap(self._call, in_dims=(0, 0, None))
         settings = loops[0].history.settings
         self.opt = self.runtime.optimizer(
-            list(self.params.values()),
+            list(self.params.values()) + self.features.parameters(),
             settings["optimizer"],
             settings["lr"],
             settings["weight_decay"],
@@ -204,6 +214,7 @@ class _Stack:
         self.extra: list[dict[str, float]] = [{} for _ in range(n)]  # own terms' other logs
         self.scheduled = [dict.fromkeys(loop.distiller.scheduled(), 0.0) for loop in self.loops]
         self.base.train()
+        self.features.train()
         for i, loop in enumerate(self.loops):  # a cache of stored views replays this epoch's
             loop.distiller.start_epoch(epoch, self.loaders[self.loader_of[i]])
         step = (epoch - 1) * self.steps_per_epoch
@@ -235,7 +246,9 @@ class _Stack:
             buffers = self.buffers if everyone else {k: v[index] for k, v in self.buffers.items()}
             try:
                 with autocast(self.runtime.precision, self.runtime.device):
-                    logits = self.forward(params, buffers, x).float()
+                    logits = self.forward(params, buffers, x)
+                features, logits = logits if self.features else (None, logits)
+                logits = logits.float()
             except (RuntimeError, NotImplementedError) as e:
                 if self.checked:
                     raise
@@ -245,7 +258,7 @@ class _Stack:
                 for name, value in buffers.items():
                     self.buffers[name][index] = value
             seen = [(batches[self.loader_of[i]][2], self.loaders[self.loader_of[i]]) for i in rows]
-            value = self._run_losses(rows, x, y, logits, seen, progress).sum()
+            value = self._run_losses(rows, x, y, logits, features, seen, progress).sum()
             total = value if total is None else total + value
         return total
 
@@ -269,9 +282,10 @@ class _Stack:
         with torch.no_grad(), autocast(self.runtime.precision, self.runtime.device):
             return teacher(x.flatten(0, 1)).float().view(*x.shape[:2], -1)
 
-    def _run_losses(self, rows, x, y, logits, seen, progress: float) -> torch.Tensor:
-        """Each run's loss, as its Distiller's term computes it: cross-entropy on the
-        labelled samples, and Hinton's KD loss at its T and alpha for distilled runs."""
+    def _run_losses(self, rows, x, y, logits, features, seen, progress) -> torch.Tensor:
+        """Each run's loss, as its Distiller's terms compute it: cross-entropy on the
+        labelled samples, Hinton's KD loss at its T and alpha (or the run's own logit term)
+        for distilled runs, plus a feature term where the run has one."""
         g, b, c = logits.shape
         flat = F.cross_entropy(
             logits.reshape(g * b, c), y.reshape(-1), reduction="none", ignore_index=UNLABELED
@@ -283,6 +297,7 @@ class _Stack:
         kl = torch.zeros(g)
         distilled = [j for j, i in enumerate(rows) if self.loops[i].distiller.distilling]
         teachers: dict[Any, list[int]] = {}
+        t_features: dict[int, torch.Tensor] = {}  # the teacher's, for runs with a feature term
         for j in distilled:  # runs of one teacher model share its passes; caches, ensembles
             source = self.loops[rows[j]].distiller.source  # look their logits up per run
             one = source.cache is None and len(source.teachers) == 1
@@ -290,9 +305,14 @@ class _Stack:
         for key, group in teachers.items():
             temps = [value_at(self.loops[rows[j]].distiller.temperature, progress) for j in group]
             source = self.loops[rows[group[0]]].distiller.source
+            wanted = self.features.wanted([rows[j] for j in group])
             if isinstance(key, tuple):
                 idx = seen[group[0]][0]
                 t_logits = source.teach(x[group[0]], idx, temps[0], False)[0].unsqueeze(0)
+            elif wanted:  # one pass of the teacher per distinct batch, features and logits
+                batches = [self.loader_of[rows[j]] for j in group]
+                t_logits, feats = self.features.teach(source.teachers[0], x[group], batches)
+                t_features |= {group[k]: feats[k] for k in wanted}
             else:
                 t_logits = self._teacher_logits(
                     source.teachers[0], x[group], [seen[j] for j in group]
@@ -321,6 +341,11 @@ class _Stack:
             for k, j in enumerate(group):
                 losses[j] = alphas[k] * soft[k] + (1 - alphas[k]) * hard[j]
                 kl[j] = div[k].detach().cpu()
+        for j, f_t in t_features.items():  # the feature term, added as fit adds it
+            value, log = self.features.loss(rows[j], logits[j], features[j], f_t, progress)
+            losses[j] = losses[j] + value
+            extra = self.extra[rows[j]]
+            extra["feature_loss"] = extra.get("feature_loss", 0.0) + log * b
         loss = torch.stack(losses)
         with torch.no_grad():
             right = ((logits.argmax(-1) == y) & labelled).sum(1)
