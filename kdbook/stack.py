@@ -47,6 +47,7 @@ from kdbook.losses import Outputs
 from kdbook.runtime import autocast
 from kdbook.schedules import value_at
 from kdbook.stack_features import FeatureTerms, why_adapters_not_stacked, why_feature_not_stacked
+from kdbook.teacher_views import TeacherViews
 
 # fit's keywords a stacked run may set; the shared ones must be equal across the stack
 STACKED_KEYWORDS = frozenset(
@@ -188,6 +189,7 @@ class _Stack:
             settings["momentum"],
         )
         self.steps_per_epoch = len(loops[0].loader)
+        self.epochs = settings["num_epochs"]
         total = settings["num_epochs"] * self.steps_per_epoch
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
         # runs with the same seed, samples and augmentation see the same batches: one loader
@@ -309,9 +311,15 @@ class _Stack:
             if isinstance(key, tuple):
                 idx = seen[group[0]][0]
                 t_logits = source.teach(x[group[0]], idx, temps[0], False)[0].unsqueeze(0)
-            elif wanted:  # one pass of the teacher per distinct batch, features and logits
-                batches = [self.loader_of[rows[j]] for j in group]
-                t_logits, feats = self.features.teach(source.teachers[0], x[group], batches)
+            elif wanted:  # the teacher's features and logits: a table, or one pass a batch
+                teacher, batches = source.teachers[0], [self.loader_of[rows[j]] for j in group]
+                passes = self.epochs * len(
+                    {self.loader_of[i] for i, loop in enumerate(self.loops)
+                     if loop.distiller.teachers and loop.distiller.teachers[0] is teacher}
+                )  # fmt: skip
+                t_logits, feats = self.features.teach(
+                    teacher, x[group], batches, [seen[j] for j in group], passes
+                )
                 t_features |= {group[k]: feats[k] for k in wanted}
             else:
                 t_logits = self._teacher_logits(
@@ -341,11 +349,14 @@ class _Stack:
             for k, j in enumerate(group):
                 losses[j] = alphas[k] * soft[k] + (1 - alphas[k]) * hard[j]
                 kl[j] = div[k].detach().cpu()
-        for j, f_t in t_features.items():  # the feature term, added as fit adds it
-            value, log = self.features.loss(rows[j], logits[j], features[j], f_t, progress)
-            losses[j] = losses[j] + value
-            extra = self.extra[rows[j]]
-            extra["feature_loss"] = extra.get("feature_loss", 0.0) + log * b
+        if t_features:  # the feature terms, added as fit adds them
+            js = list(t_features)
+            f_t = torch.stack([t_features[j] for j in js])
+            values, logs = self.features.losses([rows[j] for j in js], features[js], f_t, progress)
+            for j, value, log in zip(js, values, logs, strict=True):
+                losses[j] = losses[j] + value
+                extra = self.extra[rows[j]]
+                extra["feature_loss"] = extra.get("feature_loss", 0.0) + log * b
         loss = torch.stack(losses)
         with torch.no_grad():
             right = ((logits.argmax(-1) == y) & labelled).sum(1)
@@ -400,66 +411,3 @@ class _Stack:
                 source = self.params[name] if name in self.params else self.buffers[name]
                 tensor.copy_(source[i])
             loop.student.eval()
-
-
-class TeacherViews:
-    """A teacher's logits for every view of every training image, computed once.
-
-    The book's augmentations draw from a few views per image (digits: 9 shifts by at most
-    one pixel), so a teacher in eval mode answers each view the same way every time it is
-    asked; runs that share the teacher look its answer up instead of running it again. A
-    table is built only when it costs fewer teacher passes than the runs would make, and
-    never for views that cannot be listed (cutout).
-    """
-
-    MAX_BYTES = 1 << 30
-
-    def __init__(self, logits: torch.Tensor, augment: Any) -> None:
-        self.logits, self.augment = logits, augment  # (views, images, classes)
-
-    @staticmethod
-    def count(augment: Any) -> int | None:
-        """How many views ``augment`` draws (1 without one; None when too many to list)."""
-        if augment is None:
-            return 1
-        if augment.cutout:
-            return None
-        return (2 * augment.pad + 1) ** 2 * (2 if augment.flip else 1)
-
-    @classmethod
-    @torch.no_grad()
-    def build(
-        cls, teacher: nn.Module, loader: Any, runtime: Any, passes: int
-    ) -> TeacherViews | None:
-        """The table for ``loader``'s images and augmentation, or None when ``passes`` over
-        the images (what the runs would cost) are fewer than the views, or it is too big."""
-        views = cls.count(loader.augment)
-        n = len(loader.images)
-        if views is None or views >= passes:
-            return None
-        if views * n * loader.data.num_classes * 4 > cls.MAX_BYTES:
-            return None
-        side = 2 * loader.augment.pad + 1 if loader.augment is not None else 1
-        out = []
-        for v in range(views):
-            params = torch.zeros(n, 5, dtype=torch.long)
-            params[:, 0], params[:, 1] = (v % (side * side)) // side, v % side
-            params[:, 2] = v // (side * side)
-            rows = []
-            for chunk in torch.arange(n).split(512):
-                x = loader.images[chunk.to(loader.images.device)]
-                if loader.augment is not None:
-                    x = loader.augment.apply(x, params[chunk])
-                with autocast(runtime.precision, runtime.device):
-                    rows.append(teacher(loader.data.normalize(x)).float())
-            out.append(torch.cat(rows))
-        return cls(torch.stack(out), loader.augment)
-
-    def lookup(self, idx: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
-        """The logits of images ``idx`` in the views ``params`` (from Augment.sample)."""
-        if params is None:
-            return self.logits[0, idx]
-        side = 2 * self.augment.pad + 1
-        params = params.to(idx.device)
-        view = params[:, 0] * side + params[:, 1] + params[:, 2] * side * side
-        return self.logits[view, idx]

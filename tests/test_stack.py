@@ -109,6 +109,16 @@ def test_teacher_view_table_gives_the_teachers_answers(digits, teacher):
     runs = [{"seed": 0, "teacher": teacher}, {"seed": 1, "teacher": teacher}]
     alone, stacked = _both(digits, runs, num_epochs=5)  # 10 passes > 9 views: table
     _assert_same(alone, stacked)
+    # with the features, for runs with a feature term: forward_head of them, as fit asks
+    table = TeacherViews.build(teacher, loader, _runtime(), passes=60, features=True)
+    for x, _, idx in loader:
+        with torch.no_grad():
+            features = teacher.forward_features(x)
+            logits = teacher.forward_head(features)
+        torch.testing.assert_close(
+            table.lookup_features(idx, loader.views), features, atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(table.lookup(idx, loader.views), logits, atol=1e-5, rtol=0)
 
 
 def _runtime():
@@ -195,6 +205,26 @@ def test_feature_terms_stack_with_their_own_weights_and_adapters(digits, teacher
     # the adapters trained, each its own way
     adapters = [m["loss"].adapter.proj[0].weight for m in stacked[0][2:4]]
     assert not torch.equal(adapters[0], adapters[1])
+
+
+def test_feature_runs_look_the_teachers_features_up_in_its_table(digits, teacher, monkeypatch):
+    # without augmentation one view: two runs' epoch costs more passes than the table
+    from kdbook.losses import AttentionTransfer
+
+    built = []
+    build = TeacherViews.build
+
+    def spy(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(TeacherViews, "build", spy)
+    hint, kd = _hint(digits, teacher), {"teacher": teacher, "feature_weight": 1.0}
+    runs = [{"seed": s, "feature_loss": hint()} | kd for s in (0, 1)]
+    runs += [{"seed": 0, "feature_loss": AttentionTransfer()} | kd]
+    alone, stacked = _both(digits, runs, num_epochs=1, augment=False)
+    assert len(built) == 1 and built[0].features is not None
+    _assert_same(alone, stacked)
 
 
 def test_compare_stacks_feature_recipes_and_says_what_does_not(digits, teacher, capsys):
