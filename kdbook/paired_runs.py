@@ -176,9 +176,10 @@ class _Plan:
             name: why_not_stacked(probe, {**fit_kwargs, **extra}) if stack else "stack=False"
             for name, extra in recipes.items()
         }
-        for name, extra in recipes.items():  # one adapter module for every seed's run
-            runs = [{**fit_kwargs, **extra}] * len(seeds)
-            self.reasons[name] = self.reasons[name] or why_adapters_not_stacked(runs)
+        runs = {name: {**fit_kwargs, **extra} for name, extra in recipes.items()}
+        for name, kw in runs.items():  # one adapter module for several runs: seeds, recipes
+            same = [r for r in runs.values() if r.get("feature_loss") is kw.get("feature_loss")]
+            self.reasons[name] = self.reasons[name] or why_adapters_not_stacked(same * len(seeds))
         if len(seeds) * sum(r is None for r in self.reasons.values()) < 2:
             self.reasons = {name: r or "one run" for name, r in self.reasons.items()}
         self.alone = sum(r is not None for r in self.reasons.values()) * len(seeds)

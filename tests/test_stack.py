@@ -176,6 +176,11 @@ def test_runs_that_cannot_be_stacked_train_alone_with_a_message(digits, teacher,
         assert mixed.per_seed[run].tolist() == alone.per_seed[run].tolist(), run
     assert "s / epoch" not in mixed.table().columns  # stacked runs have no time of their own
     assert "s / epoch" in alone.table().columns
+    # one module in two recipes: the same
+    twice = {"hint": methods["hint"], "hint again": methods["hint"]}
+    compare_methods("tiny_cnn", digits, twice, seeds=[0, 1], num_epochs=1)
+    out = capsys.readouterr().out
+    assert "2 runs side by side" in out and "4 one at a time ('hint': runs that share" in out
 
 
 def test_feature_terms_stack_with_their_own_weights_and_adapters(digits, teacher):
