@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +165,11 @@ def born_again(
     data: Dataset,
     *,
     generations: int = 3,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     **fit_kwargs: Any,
-) -> list[tuple[nn.Module, History]]:
+) -> list[tuple[nn.Module, History]] | dict[int, list[tuple[nn.Module, History]]]:
     """Self-distillation (born-again networks, Furlanello et al. 2018, arXiv:1805.04770).
 
     Generation 1 is ``student`` trained alone; generation k is the same architecture
@@ -180,49 +181,58 @@ def born_again(
         student: a registered model name.
         data: the data set.
         generations: how many models to train (>= 1).
-        seed: seeds the initial weights and every fit.
-        checkpoint_dir: when given, generation k is checkpointed in ``gen{k}.pt`` there (and
-            resumed by a rerun).
+        seed: seeds the initial weights and every fit; a list of seeds trains each
+            generation of every seed side by side (:func:`kdbook.stack.fit_side_by_side`).
+        checkpoint_dir: when given (one seed only), generation k is checkpointed in
+            ``gen{k}.pt`` there (and resumed by a rerun).
         **fit_kwargs: passed to every :func:`fit` (num_epochs, lr, temperature, alpha...).
 
     Returns:
-        ``[(model, history), ...]``, one pair per generation, models in eval mode.
+        ``[(model, history), ...]``, one pair per generation, models in eval mode; for a
+        list of seeds, seed -> that list.
     """
+    from kdbook.stack import fit_side_by_side
+
     if not (isinstance(generations, int) and generations >= 1):
         raise ValueError(f"generations must be an integer >= 1, got {generations!r}")
     if "teacher" in fit_kwargs:
         raise ValueError("born_again trains its own teachers: pass no teacher")
-    results: list[tuple[nn.Module, History]] = []
-    for k in range(1, generations + 1):
-        torch.manual_seed(seed)
-        model = build_model(student, data)
-        history = fit(
-            model,
-            data,
-            teacher=results[-1][0] if results else None,
-            seed=seed,
-            checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / f"gen{k}.pt",
-            progress=progress,
-            desc=f"generation {k}",
-            **fit_kwargs,
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if not seeds or (checkpoint_dir is not None and len(seeds) > 1):
+        raise ValueError(
+            f"seed must be one seed, or a list of seeds without checkpoint_dir, got {seed!r}"
         )
-        results.append((model, history))
-    return results
+    results: dict[int, list[tuple[nn.Module, History]]] = {s: [] for s in seeds}
+    for k in range(1, generations + 1):
+        models = []
+        for s in seeds:
+            torch.manual_seed(s)
+            models.append(build_model(student, data))
+        runs = [{"seed": s, "teacher": results[s][-1][0] if k > 1 else None} for s in seeds]
+        if checkpoint_dir is not None:
+            runs[0]["checkpoint"] = Path(checkpoint_dir) / f"gen{k}.pt"
+        histories = fit_side_by_side(
+            models, data, runs, progress=progress, desc=f"generation {k}", **fit_kwargs
+        )
+        for s, model, history in zip(seeds, models, histories, strict=True):
+            model.eval()
+            results[s].append((model, history))
+    return results[seed] if isinstance(seed, int) else results
 
 
 def mutual_learning(
-    model_a: nn.Module,
-    model_b: nn.Module,
+    model_a: nn.Module | Sequence[nn.Module],
+    model_b: nn.Module | Sequence[nn.Module],
     data: Dataset,
     *,
     num_epochs: int = 10,
     lr: float = 0.05,
     temperature: float = 1.0,
     alpha: float = 0.5,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     progress: bool = True,
     **fit_kwargs: Any,
-) -> tuple[History, History]:
+) -> tuple[History, History] | list[tuple[History, History]]:
     """Deep mutual learning (Zhang et al. 2018, arXiv:1706.00384): two students teach each other.
 
     Each epoch: ``model_a`` trains one epoch distilled from ``model_b`` (frozen for that
@@ -238,35 +248,52 @@ def mutual_learning(
     ``seed + epoch``. Each record's ``seconds`` is the whole turn, set-up included, so that
     time ratios against one ``fit`` count what this approximation costs.
 
+    Lists of models (and of seeds, one per pair) train every pair's turn side by side
+    (:func:`kdbook.stack.fit_side_by_side`); each record's seconds is then its share.
+
     Returns:
-        The two histories, one record per epoch each (epochs numbered 1..num_epochs).
+        The two histories, one record per epoch each (epochs numbered 1..num_epochs); for
+        lists, one such pair per pair of models.
     """
-    check_params({"num_epochs": num_epochs, "lr": lr, "seed": seed})
-    histories = (History(settings={"mode": "mutual"}), History(settings={"mode": "mutual"}))
+    from kdbook.stack import fit_side_by_side
+
+    pairs = isinstance(model_a, nn.Module)
+    models_a = [model_a] if pairs else list(model_a)
+    models_b = [model_b] if pairs else list(model_b)
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if not (len(models_a) == len(models_b) == len(seeds) >= 1):
+        raise ValueError(
+            f"model_a, model_b and seed must pair up, got {len(models_a)}, {len(models_b)} "
+            f"and {len(seeds)}"
+        )
+    check_params({"num_epochs": num_epochs, "lr": lr})
+    for s in seeds:
+        check_params({"seed": s})
+    histories = [
+        (History(settings={"mode": "mutual"}), History(settings={"mode": "mutual"})) for _ in seeds
+    ]
     for epoch in tqdm(range(1, num_epochs + 1), desc="mutual", disable=not progress):
         peak = lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / num_epochs))
-        for model, peer, history in (
-            (model_a, model_b, histories[0]),
-            (model_b, model_a, histories[1]),
-        ):
+        for side, (students, peers) in enumerate(((models_a, models_b), (models_b, models_a))):
             start = time.perf_counter()
-            turn = fit(
-                model,
+            turns = fit_side_by_side(
+                students,
                 data,
-                teacher=peer,
+                [{"teacher": p, "seed": s + epoch} for p, s in zip(peers, seeds, strict=True)],
+                progress=False,
                 num_epochs=1,
                 lr=peak,
                 temperature=temperature,
                 alpha=alpha,
-                seed=seed + epoch,
-                progress=False,
                 **fit_kwargs,
             )
-            history.settings |= turn.settings | {"lr": lr, "num_epochs": num_epochs, "seed": seed}
             # the whole turn, set-up included (a fresh optimizer and checks every epoch)
-            seconds = time.perf_counter() - start
-            history.epochs.append({**turn.final, "epoch": epoch, "seconds": seconds})
-    return histories
+            seconds = (time.perf_counter() - start) / len(students)
+            for pair, turn, s in zip(histories, turns, seeds, strict=True):
+                history = pair[side]
+                history.settings |= turn.settings | {"lr": lr, "num_epochs": num_epochs, "seed": s}
+                history.epochs.append({**turn.final, "epoch": epoch, "seconds": seconds})
+    return histories[0] if pairs else histories
 
 
 def vit_teacher_from_run(

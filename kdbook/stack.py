@@ -43,7 +43,7 @@ from kdbook.checkpoint import History
 from kdbook.data import UNLABELED, Dataset
 from kdbook.distill import LogitCache
 from kdbook.io import tensor_digest
-from kdbook.losses import Outputs
+from kdbook.losses import Outputs, ensemble_logits
 from kdbook.runtime import autocast
 from kdbook.schedules import value_at
 from kdbook.stack_features import FeatureTerms, why_adapters_not_stacked, why_feature_not_stacked
@@ -273,7 +273,7 @@ class _Stack:
             runs = sum(
                 1
                 for i, loop in enumerate(self.loops)
-                if loop.distiller.teachers and loop.distiller.teachers[0] is teacher
+                if any(t is teacher for t in loop.distiller.teachers)
                 and self.loaders[self.loader_of[i]].images.data_ptr() == key[1]
             )  # fmt: skip
             passes = runs * self.loops[0].history.settings["num_epochs"]
@@ -300,17 +300,33 @@ class _Stack:
         distilled = [j for j, i in enumerate(rows) if self.loops[i].distiller.distilling]
         teachers: dict[Any, list[int]] = {}
         t_features: dict[int, torch.Tensor] = {}  # the teacher's, for runs with a feature term
-        for j in distilled:  # runs of one teacher model share its passes; caches, ensembles
-            source = self.loops[rows[j]].distiller.source  # look their logits up per run
-            one = source.cache is None and len(source.teachers) == 1
-            teachers.setdefault(id(source.teachers[0]) if one else ("own", j), []).append(j)
+        for j in distilled:  # runs of one teacher model (or one ensemble) share its passes;
+            source = self.loops[rows[j]].distiller.source  # caches look logits up per run
+            if source.cache is not None:
+                key: Any = ("own", j)
+            elif len(source.teachers) == 1:
+                key = id(source.teachers[0])
+            else:
+                key = ("ensemble", *(id(t) for t in source.teachers))
+            teachers.setdefault(key, []).append(j)
         for key, group in teachers.items():
             temps = [value_at(self.loops[rows[j]].distiller.temperature, progress) for j in group]
             source = self.loops[rows[group[0]]].distiller.source
             wanted = self.features.wanted([rows[j] for j in group])
-            if isinstance(key, tuple):
+            if isinstance(key, tuple) and key[0] == "own":
                 idx = seen[group[0]][0]
                 t_logits = source.teach(x[group[0]], idx, temps[0], False)[0].unsqueeze(0)
+            elif isinstance(key, tuple):  # each member's passes shared, mixed per run at its T
+                members = [
+                    self._teacher_logits(t, x[group], [seen[j] for j in group])
+                    for t in source.teachers
+                ]
+                t_logits = torch.stack([
+                    ensemble_logits(
+                        [m[k] for m in members], temps[k], self._source(rows[j]).weights
+                    )
+                    for k, j in enumerate(group)
+                ])  # fmt: skip
             elif wanted:  # the teacher's features and logits: a table, or one pass a batch
                 teacher, batches = source.teachers[0], [self.loader_of[rows[j]] for j in group]
                 passes = self.epochs * len(
@@ -365,6 +381,9 @@ class _Stack:
             self.sums[rows] += stats
         return loss
 
+    def _source(self, i: int):
+        return self.loops[i].distiller.source
+
     def _term(self, i: int):
         return self.loops[i].distiller.terms[0]
 
@@ -411,3 +430,30 @@ class _Stack:
                 source = self.params[name] if name in self.params else self.buffers[name]
                 tensor.copy_(source[i])
             loop.student.eval()
+
+
+def fit_side_by_side(
+    models: Sequence[nn.Module],
+    data: Dataset,
+    runs: Sequence[Mapping[str, Any]],
+    *,
+    progress: bool = True,
+    desc: str | None = None,
+    **shared: Any,
+) -> list[History]:
+    """``fit(models[i], data, **shared, **runs[i])`` for every ``i``: side by side
+    (:func:`fit_stacked`) when they stack, else one at a time after one line saying why. The
+    same weights either way, up to float round-off; for recipes that train many seeds of one
+    step at a time (born-again generations, mutual learning's turns)."""
+    from kdbook.train import fit
+
+    if len(models) > 1:
+        try:
+            return fit_stacked(models, data, runs, progress=progress, desc=desc, **shared)
+        except NotStackable as e:  # raised before any weight changed
+            if progress:
+                print(f"kdbook: {len(models)} runs train one at a time instead ({e})")
+    return [
+        fit(model, data, progress=progress, desc=desc, **{**shared, **run})
+        for model, run in zip(models, runs, strict=True)
+    ]

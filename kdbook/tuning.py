@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from kdbook.compare import SCRATCH, Comparison, compare_methods, mean_ci
 from kdbook.data import Dataset
@@ -241,6 +242,11 @@ class Tuning:
         without a choice is left out, and :meth:`Tuning.choices` says why. ``data`` and
         ``setting``: run the same choices on another data set (09's all labels, tuned with
         few), labelled ``setting``."""
+        if not self.student:
+            raise ValueError(
+                "this tuning is of a procedure (tune_procedure): train its chosen setting "
+                "yourself, there is no fit recipe to compare"
+            )
         data = self.data if data is None else data
         setting = self.setting if setting is None else setting
         alone = self.by_name(SCRATCH).fit_arguments(self.chosen.get(SCRATCH, {}))
@@ -338,6 +344,99 @@ def tune(
             "method": name, "setting": describe(choice), "val_mean": mean, "val_ci95": ci,
             "diverged": failed, "per_seed": scores.tolist(), "chosen": False,
         })  # fmt: skip
+    trials, chosen, unchosen = _choose(methods, rows, drawn, budget)
+    return Tuning(
+        list(methods), trials, chosen, unchosen, budget, seeds, student, data, dict(fit_kwargs),
+        setting,
+    )  # fmt: skip
+
+
+def tune_procedure(
+    name: str,
+    space: Mapping[str, Sequence[Any]],
+    train: Callable[..., tuple[Any, Any]],
+    data: Dataset,
+    *,
+    budget: int,
+    seeds: Sequence[int],
+    device: str = "cpu",
+    setting: str = "",
+    progress: bool = True,
+) -> Tuning:
+    """The protocol of :func:`tune` for a method that is not one ``fit`` call (mutual
+    learning, born-again generations): ``budget`` settings of ``space``, each trained over
+    ``seeds`` by ``train(seeds=[...], **setting) -> [(model, history), ...]`` (one pair per
+    seed, in order: the seeds may train side by side) and scored by the models' mean
+    **validation** accuracy; a setting with a diverged run cannot be chosen.
+
+    The result's tables (:meth:`Tuning.table`, :meth:`~Tuning.choices`,
+    :meth:`~Tuning.best_so_far`) read like :func:`tune`'s; its ``chosen[name]`` is the
+    setting the final runs use (the notebook trains them: :meth:`Tuning.compare` has no
+    ``fit`` recipe to run and refuses).
+
+    Raises:
+        ValueError: a budget below 1, an empty or too small space, or a setting ``train``
+            does not take, before any training.
+    """
+    from kdbook.config import check_params
+    from kdbook.evaluate import accuracy, predict
+    from kdbook.paired_runs import chance_accuracy, diverged
+
+    method = Method(name, space)
+    if not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1):
+        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    accepted = set(inspect.signature(train).parameters)
+    for key, values in space.items():
+        if key not in accepted:
+            raise ValueError(
+                f"{name}: unknown setting {key!r} in its search space; accepted: "
+                f"{sorted(accepted - {'seeds'})}"
+            )
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise ValueError(
+                f"{name}: setting {key!r} must list one or more values, got {values!r}"
+            )
+        for value in values:
+            check_params({key: value})
+    if len(method.settings()) < budget:
+        raise ValueError(
+            f"{name}: its search space has {len(method.settings())} settings, fewer than the "
+            f"budget {budget}: add values or lower the budget"
+        )
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one tuning seed, got []")
+    drawn = {name: draw(method, budget)}
+    chance = chance_accuracy(data.val.labels)
+    label = f"tuning {name}{', ' + setting if setting else ''}"
+    bar = tqdm(total=budget * len(seeds), desc=label, disable=not progress)
+    rows = []
+    for choice in drawn[name]:
+        scores, failed = [], 0
+        runs = train(seeds=seeds, **choice)
+        if len(runs) != len(seeds):
+            raise ValueError(f"{name}: train returned {len(runs)} runs for {len(seeds)} seeds")
+        for model, history in runs:
+            val = accuracy(predict(model, data, "val", device), data.val.labels)
+            if diverged(history, val, chance):
+                failed, val = failed + 1, math.nan
+            scores.append(val)
+            bar.update()
+        mean, ci = mean_ci(scores) if not failed else (math.nan, math.nan)
+        rows.append({
+            "method": name, "setting": describe(choice), "val_mean": mean, "val_ci95": ci,
+            "diverged": failed, "per_seed": scores, "chosen": False,
+        })  # fmt: skip
+    bar.close()
+    trials, chosen, unchosen = _choose([method], rows, drawn, budget)
+    return Tuning([method], trials, chosen, unchosen, budget, seeds, "", data, {}, setting)
+
+
+def _choose(
+    methods: Sequence[Method], rows: list[dict[str, Any]], drawn: dict, budget: int
+) -> tuple[pd.DataFrame, dict[str, dict[str, Any]], dict[str, str]]:
+    """The trials table with each method's best setting on validation marked (the first of
+    equals, in the draw's order; never a setting with a diverged run)."""
     trials = pd.DataFrame(rows)
     chosen, unchosen = {}, {}
     for method in methods:
@@ -345,13 +444,10 @@ def tune(
         if mine.empty:
             unchosen[method.name] = f"none: diverged at every one of its {budget} settings"
             continue
-        best = mine["val_mean"].idxmax()  # the first of equals: the draw's order
+        best = mine["val_mean"].idxmax()
         trials.loc[best, "chosen"] = True
         chosen[method.name] = drawn[method.name][_position(trials, best)]
-    return Tuning(
-        list(methods), trials, chosen, unchosen, budget, seeds, student, data, dict(fit_kwargs),
-        setting,
-    )  # fmt: skip
+    return trials, chosen, unchosen
 
 
 def _position(trials: pd.DataFrame, row: int) -> int:

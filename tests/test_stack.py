@@ -294,3 +294,14 @@ def test_a_runs_own_logit_term_dkd_or_standardised_kd_stacks(digits, teacher):
     assert "dkd" in stacked[1][0].epochs[-1]  # DKD's own log, as fit records it
     hint = {"teacher": teacher, "terms": [DKD(), LogitKD(2.0, 0.5)]}
     assert "more than one loss term" in why_not_stacked(model, hint)
+
+
+def test_ensembles_of_several_runs_share_each_teachers_passes(digits, teacher):
+    # notebook 11's multi-teacher runs: one pair of teachers, equal or weighted, two seeds
+    torch.manual_seed(5)
+    other = build_model("tiny_cnn", digits).eval()
+    pair = [teacher, other]
+    runs = [{"seed": 0, "teacher": pair}, {"seed": 1, "teacher": pair, "temperature": 2.0}]
+    runs += [{"seed": 1, "teacher": pair, "teacher_weights": [0.75, 0.25]}, {"seed": 0}]
+    alone, stacked = _both(digits, runs, num_epochs=2)
+    _assert_same(alone, stacked)

@@ -162,3 +162,56 @@ def test_the_choices_run_on_other_data_and_a_method_without_a_choice_stays_named
     tuning.unchosen["KD"] = "every setting diverged"
     alone = tuning.compare(seeds=[0], data=digits, baseline="KD", num_epochs=1, progress=False)
     assert "KD" in alone.excluded and alone.baseline is None
+
+
+def test_tune_procedure_chooses_on_validation_and_names_diverged_settings(digits):
+    from kdbook.checkpoint import History
+    from kdbook.models import build_model
+    from kdbook.train import fit
+    from kdbook.tuning import tune_procedure
+
+    calls = []
+
+    def train(seeds, lr):
+        runs = []
+        for seed in seeds:
+            calls.append((seed, lr))
+            model = build_model("tiny_cnn", digits)
+            if lr > 1:  # this setting "diverges": a non-finite loss in its history
+                runs.append((model, History(settings={}, epochs=[{"train_loss": math.nan}])))
+            else:
+                runs.append(
+                    (model, fit(model, digits, num_epochs=1, lr=lr, seed=seed, progress=False))
+                )
+        return runs
+
+    tuning = tune_procedure(
+        "mutual", {"lr": [0.05, 10.0]}, train, digits, budget=2, seeds=[0, 1], progress=False
+    )
+    assert sorted(calls) == [(0, 0.05), (0, 10.0), (1, 0.05), (1, 10.0)]
+    assert tuning.chosen == {"mutual": {"lr": 0.05}}
+    table = tuning.table()
+    assert table.loc[("mutual", "lr 10"), "diverged"] == "2 of 2"
+    assert table.loc[("mutual", "lr 0.05"), "chosen"] == "chosen"
+    assert tuning.choices().loc["mutual", "settings tried (budget)"] == 2
+    with pytest.raises(ValueError, match="tune_procedure"):
+        tuning.compare(seeds=[0])
+
+
+@pytest.mark.parametrize(
+    ("space", "budget", "message"),
+    [
+        ({"lr": [0.05]}, 0, "budget must be an integer >= 1, got 0"),
+        ({"lr": [0.05]}, 2, "has 1 settings, fewer than the budget 2"),
+        ({"beta": [0.5]}, 1, "unknown setting 'beta'"),
+        ({"lr": [-1.0]}, 1, "lr must be a number > 0, got -1.0"),
+    ],
+)
+def test_tune_procedure_refuses_bad_input_before_training(digits, space, budget, message):
+    from kdbook.tuning import tune_procedure
+
+    def train(seeds, lr):
+        raise AssertionError("training started before the input was checked")
+
+    with pytest.raises(ValueError, match=message):
+        tune_procedure("mutual", space, train, digits, budget=budget, seeds=[0], progress=False)

@@ -114,3 +114,43 @@ def test_vit_teacher_is_trained_once_then_loaded_from_the_run_folder(digits, tmp
     # another learning rate is another run: trained afresh, not the stored one
     _, other = vit_teacher_from_run(cfg, digits, lr=2e-3, weight_decay=0.05, progress=False)
     assert "not resuming" in capsys.readouterr().out and other.settings["lr"] == 2e-3
+
+
+def test_born_again_over_seeds_side_by_side_equals_one_seed_at_a_time(digits):
+    together = born_again(
+        "tiny_cnn", digits, generations=2, seed=[0, 1], num_epochs=1, progress=False
+    )
+    assert sorted(together) == [0, 1]
+    for s in (0, 1):
+        alone = born_again("tiny_cnn", digits, generations=2, seed=s, num_epochs=1, progress=False)
+        for (m_stack, h_stack), (m_alone, h_alone) in zip(together[s], alone, strict=True):
+            for p, q in zip(m_stack.parameters(), m_alone.parameters(), strict=True):
+                torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4)
+            assert h_stack.final["val_acc"] == pytest.approx(h_alone.final["val_acc"], abs=0.5)
+    with pytest.raises(ValueError, match="without checkpoint_dir"):
+        born_again("tiny_cnn", digits, seed=[0, 1], checkpoint_dir="x", progress=False)
+
+
+def test_mutual_learning_of_several_pairs_side_by_side_equals_each_pair_alone(digits):
+    def pair(s):
+        return tiny(digits, seed=s), tiny(digits, seed=s + 10)
+
+    pairs = [pair(0), pair(1)]
+    histories = mutual_learning(
+        [a for a, _ in pairs], [b for _, b in pairs], digits, seed=[0, 1], num_epochs=2,
+        progress=False,
+    )  # fmt: skip
+    for s, (a, b), (h_a, h_b) in zip((0, 1), pairs, histories, strict=True):
+        a_alone, b_alone = pair(s)
+        alone_a, alone_b = mutual_learning(
+            a_alone, b_alone, digits, seed=s, num_epochs=2, progress=False
+        )
+        for p, q in zip(
+            [*a.parameters(), *b.parameters()],
+            [*a_alone.parameters(), *b_alone.parameters()],
+            strict=True,
+        ):
+            torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4)
+        assert [e["epoch"] for e in h_a.epochs] == [1, 2] and h_b.settings["seed"] == s
+    with pytest.raises(ValueError, match="must pair up"):
+        mutual_learning([pairs[0][0]], [pairs[0][1], pairs[1][1]], digits, seed=[0], progress=False)
