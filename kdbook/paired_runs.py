@@ -135,13 +135,13 @@ def train_recipes(
         rows[seed] = {"seed": seed, "init_norm": first_layer_norm(init)}
         for name, extra in recipes.items():
             run = _Run(seed, name, copy.deepcopy(init), {**fit_kwargs, **extra, "seed": seed})
+            loss = run.kwargs.get("feature_loss")
+            if loss is not None and not isinstance(loss, nn.Module):
+                run.kwargs["feature_loss"] = loss()  # a fresh adapter for this seed
             if plan.stacked(name):
                 stacked.append(run)
                 torch.manual_seed(seed)  # the global RNG as the run's own fit would leave it
                 continue
-            loss = run.kwargs.get("feature_loss")
-            if loss is not None and not isinstance(loss, nn.Module):
-                run.kwargs["feature_loss"] = loss()  # a fresh adapter for this seed
             record(run, plan.fit(run))
     for group in plan.groups(stacked):
         for run, history in zip(group, plan.fit_stack(group, progress, setting), strict=True):
@@ -166,6 +166,7 @@ class _Plan:
 
     def __init__(self, student, data, recipes, seeds, fit_kwargs, stack: bool) -> None:
         from kdbook.stack import why_not_stacked
+        from kdbook.stack_features import why_adapters_not_stacked
 
         self.student, self.data, self.seeds = student, data, seeds
         self.epochs = fit_kwargs.get("num_epochs", default("num_epochs"))
@@ -175,6 +176,10 @@ class _Plan:
             name: why_not_stacked(probe, {**fit_kwargs, **extra}) if stack else "stack=False"
             for name, extra in recipes.items()
         }
+        runs = {name: {**fit_kwargs, **extra} for name, extra in recipes.items()}
+        for name, kw in runs.items():  # one adapter module for several runs: seeds, recipes
+            same = [r for r in runs.values() if r.get("feature_loss") is kw.get("feature_loss")]
+            self.reasons[name] = self.reasons[name] or why_adapters_not_stacked(same * len(seeds))
         if len(seeds) * sum(r is None for r in self.reasons.values()) < 2:
             self.reasons = {name: r or "one run" for name, r in self.reasons.items()}
         self.alone = sum(r is not None for r in self.reasons.values()) * len(seeds)

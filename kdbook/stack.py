@@ -10,8 +10,10 @@ weights it would have had trained alone by :func:`kdbook.train.fit`, up to float
 round-off (``tests/test_stack.py`` checks both).
 
 What can be stacked is a run fit trains with cross-entropy alone or with the logit KD loss
-(from a teacher model, an ensemble or a logit cache), in fp32 or bf16, on one process,
-without hooks, checkpoints, accumulation, dropout, views or extra loss terms
+(from a teacher model, an ensemble or a logit cache; or a run's own logit term, DKD or a
+standardised KD), with or without a feature term (attention transfer, hints with their
+adapter, token alignment: :mod:`kdbook.stack_features`), in fp32 or bf16, on one process,
+without hooks, checkpoints, accumulation, dropout, views or other loss terms
 (:func:`why_not_stacked` says which). The rest trains one run at a time, with the same
 result.
 
@@ -44,10 +46,13 @@ from kdbook.io import tensor_digest
 from kdbook.losses import Outputs, ensemble_logits
 from kdbook.runtime import autocast
 from kdbook.schedules import value_at
+from kdbook.stack_features import FeatureTerms, why_adapters_not_stacked, why_feature_not_stacked
+from kdbook.teacher_views import TeacherViews
 
 # fit's keywords a stacked run may set; the shared ones must be equal across the stack
 STACKED_KEYWORDS = frozenset(
     {"teacher", "teacher_weights", "temperature", "alpha", "seed", "progress", "desc", "terms"}
+    | {"feature_loss", "feature_weight"}
     | {"num_epochs", "lr"}
     | {"batch_size", "optimizer", "momentum", "weight_decay", "augment", "precision"}
     | {"device", "channels_last"}
@@ -70,6 +75,8 @@ def why_not_stacked(model: nn.Module, kwargs: Mapping[str, Any]) -> str | None:
         return f"{other[0]} is not stacked"
     terms = list(kwargs.get("terms") or [])
     if terms and (reason := _why_term_not_stacked(terms, kwargs.get("teacher"))) is not None:
+        return reason
+    if (reason := why_feature_not_stacked(kwargs)) is not None:
         return reason
     teacher = kwargs.get("teacher")
     teachers = teacher if isinstance(teacher, list | tuple) else [teacher]
@@ -117,8 +124,9 @@ def fit_stacked(
     """Train ``models[i]`` as ``fit(models[i], data, **shared, **runs[i])`` would, all at once.
 
     ``runs`` holds each run's own fit keywords (``seed``, ``teacher``, ``temperature``,
-    ``alpha``), ``shared`` the ones all runs share (``num_epochs``, ``lr``, ...). The
-    models are trained in place. Each history records the run's epochs as fit's does; its
+    ``alpha``, ``terms``, ``feature_loss``, ``feature_weight``), ``shared`` the ones all runs
+    share (``num_epochs``, ``lr``, ...). The models, and the runs' feature losses (their
+    adapters), are trained in place. Each history records the run's epochs as fit's does; its
     ``seconds`` are the stack's epoch time divided by the number of runs. ``announce``:
     print, after the second epoch, the time the stack will take.
 
@@ -136,6 +144,8 @@ def fit_stacked(
         reason = why_not_stacked(model, kw)
         if reason is not None:
             raise NotStackable(reason)
+    if (reason := why_adapters_not_stacked(kwargs)) is not None:
+        raise NotStackable(reason)
     if len({stack_key(m, kw) for m, kw in zip(models, kwargs, strict=True)}) > 1:
         raise NotStackable("the runs differ in architecture or in a shared setting")
     loops = [make_loop(m, data, fit_arguments(kw))[0] for m, kw in zip(models, kwargs, strict=True)]
@@ -167,17 +177,19 @@ class _Stack:
         self.loops, self.runtime = loops, loops[0].runtime
         self.params, self.buffers = stack_module_state([loop.model for loop in loops])
         self.base = copy.deepcopy(loops[0].model).to("meta")
-        self.forward = torch.vmap(self._call)
+        self.features = FeatureTerms(loops, self.base)  # runs with a feature term
+        self.forward = torch.vmap(self.features.split if self.features else self._call)
         self.evaluate_forward = torch.vmap(self._call, in_dims=(0, 0, None))
         settings = loops[0].history.settings
         self.opt = self.runtime.optimizer(
-            list(self.params.values()),
+            list(self.params.values()) + self.features.parameters(),
             settings["optimizer"],
             settings["lr"],
             settings["weight_decay"],
             settings["momentum"],
         )
         self.steps_per_epoch = len(loops[0].loader)
+        self.epochs = settings["num_epochs"]
         total = settings["num_epochs"] * self.steps_per_epoch
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
         # runs with the same seed, samples and augmentation see the same batches: one loader
@@ -204,6 +216,7 @@ class _Stack:
         self.extra: list[dict[str, float]] = [{} for _ in range(n)]  # own terms' other logs
         self.scheduled = [dict.fromkeys(loop.distiller.scheduled(), 0.0) for loop in self.loops]
         self.base.train()
+        self.features.train()
         for i, loop in enumerate(self.loops):  # a cache of stored views replays this epoch's
             loop.distiller.start_epoch(epoch, self.loaders[self.loader_of[i]])
         step = (epoch - 1) * self.steps_per_epoch
@@ -235,7 +248,9 @@ class _Stack:
             buffers = self.buffers if everyone else {k: v[index] for k, v in self.buffers.items()}
             try:
                 with autocast(self.runtime.precision, self.runtime.device):
-                    logits = self.forward(params, buffers, x).float()
+                    logits = self.forward(params, buffers, x)
+                features, logits = logits if self.features else (None, logits)
+                logits = logits.float()
             except (RuntimeError, NotImplementedError) as e:
                 if self.checked:
                     raise
@@ -245,7 +260,7 @@ class _Stack:
                 for name, value in buffers.items():
                     self.buffers[name][index] = value
             seen = [(batches[self.loader_of[i]][2], self.loaders[self.loader_of[i]]) for i in rows]
-            value = self._run_losses(rows, x, y, logits, seen, progress).sum()
+            value = self._run_losses(rows, x, y, logits, features, seen, progress).sum()
             total = value if total is None else total + value
         return total
 
@@ -269,9 +284,10 @@ class _Stack:
         with torch.no_grad(), autocast(self.runtime.precision, self.runtime.device):
             return teacher(x.flatten(0, 1)).float().view(*x.shape[:2], -1)
 
-    def _run_losses(self, rows, x, y, logits, seen, progress: float) -> torch.Tensor:
-        """Each run's loss, as its Distiller's term computes it: cross-entropy on the
-        labelled samples, and Hinton's KD loss at its T and alpha for distilled runs."""
+    def _run_losses(self, rows, x, y, logits, features, seen, progress) -> torch.Tensor:
+        """Each run's loss, as its Distiller's terms compute it: cross-entropy on the
+        labelled samples, Hinton's KD loss at its T and alpha (or the run's own logit term)
+        for distilled runs, plus a feature term where the run has one."""
         g, b, c = logits.shape
         flat = F.cross_entropy(
             logits.reshape(g * b, c), y.reshape(-1), reduction="none", ignore_index=UNLABELED
@@ -283,6 +299,7 @@ class _Stack:
         kl = torch.zeros(g)
         distilled = [j for j, i in enumerate(rows) if self.loops[i].distiller.distilling]
         teachers: dict[Any, list[int]] = {}
+        t_features: dict[int, torch.Tensor] = {}  # the teacher's, for runs with a feature term
         for j in distilled:  # runs of one teacher model (or one ensemble) share its passes;
             source = self.loops[rows[j]].distiller.source  # caches look logits up per run
             if source.cache is not None:
@@ -295,6 +312,7 @@ class _Stack:
         for key, group in teachers.items():
             temps = [value_at(self.loops[rows[j]].distiller.temperature, progress) for j in group]
             source = self.loops[rows[group[0]]].distiller.source
+            wanted = self.features.wanted([rows[j] for j in group])
             if isinstance(key, tuple) and key[0] == "own":
                 idx = seen[group[0]][0]
                 t_logits = source.teach(x[group[0]], idx, temps[0], False)[0].unsqueeze(0)
@@ -309,6 +327,16 @@ class _Stack:
                     )
                     for k, j in enumerate(group)
                 ])  # fmt: skip
+            elif wanted:  # the teacher's features and logits: a table, or one pass a batch
+                teacher, batches = source.teachers[0], [self.loader_of[rows[j]] for j in group]
+                passes = self.epochs * len(
+                    {self.loader_of[i] for i, loop in enumerate(self.loops)
+                     if loop.distiller.teachers and loop.distiller.teachers[0] is teacher}
+                )  # fmt: skip
+                t_logits, feats = self.features.teach(
+                    teacher, x[group], batches, [seen[j] for j in group], passes
+                )
+                t_features |= {group[k]: feats[k] for k in wanted}
             else:
                 t_logits = self._teacher_logits(
                     source.teachers[0], x[group], [seen[j] for j in group]
@@ -337,6 +365,14 @@ class _Stack:
             for k, j in enumerate(group):
                 losses[j] = alphas[k] * soft[k] + (1 - alphas[k]) * hard[j]
                 kl[j] = div[k].detach().cpu()
+        if t_features:  # the feature terms, added as fit adds them
+            js = list(t_features)
+            f_t = torch.stack([t_features[j] for j in js])
+            values, logs = self.features.losses([rows[j] for j in js], features[js], f_t, progress)
+            for j, value, log in zip(js, values, logs, strict=True):
+                losses[j] = losses[j] + value
+                extra = self.extra[rows[j]]
+                extra["feature_loss"] = extra.get("feature_loss", 0.0) + log * b
         loss = torch.stack(losses)
         with torch.no_grad():
             right = ((logits.argmax(-1) == y) & labelled).sum(1)
@@ -394,69 +430,6 @@ class _Stack:
                 source = self.params[name] if name in self.params else self.buffers[name]
                 tensor.copy_(source[i])
             loop.student.eval()
-
-
-class TeacherViews:
-    """A teacher's logits for every view of every training image, computed once.
-
-    The book's augmentations draw from a few views per image (digits: 9 shifts by at most
-    one pixel), so a teacher in eval mode answers each view the same way every time it is
-    asked; runs that share the teacher look its answer up instead of running it again. A
-    table is built only when it costs fewer teacher passes than the runs would make, and
-    never for views that cannot be listed (cutout).
-    """
-
-    MAX_BYTES = 1 << 30
-
-    def __init__(self, logits: torch.Tensor, augment: Any) -> None:
-        self.logits, self.augment = logits, augment  # (views, images, classes)
-
-    @staticmethod
-    def count(augment: Any) -> int | None:
-        """How many views ``augment`` draws (1 without one; None when too many to list)."""
-        if augment is None:
-            return 1
-        if augment.cutout:
-            return None
-        return (2 * augment.pad + 1) ** 2 * (2 if augment.flip else 1)
-
-    @classmethod
-    @torch.no_grad()
-    def build(
-        cls, teacher: nn.Module, loader: Any, runtime: Any, passes: int
-    ) -> TeacherViews | None:
-        """The table for ``loader``'s images and augmentation, or None when ``passes`` over
-        the images (what the runs would cost) are fewer than the views, or it is too big."""
-        views = cls.count(loader.augment)
-        n = len(loader.images)
-        if views is None or views >= passes:
-            return None
-        if views * n * loader.data.num_classes * 4 > cls.MAX_BYTES:
-            return None
-        side = 2 * loader.augment.pad + 1 if loader.augment is not None else 1
-        out = []
-        for v in range(views):
-            params = torch.zeros(n, 5, dtype=torch.long)
-            params[:, 0], params[:, 1] = (v % (side * side)) // side, v % side
-            params[:, 2] = v // (side * side)
-            rows = []
-            for chunk in torch.arange(n).split(512):
-                x = loader.images[chunk.to(loader.images.device)]
-                if loader.augment is not None:
-                    x = loader.augment.apply(x, params[chunk])
-                with autocast(runtime.precision, runtime.device):
-                    rows.append(teacher(loader.data.normalize(x)).float())
-            out.append(torch.cat(rows))
-        return cls(torch.stack(out), loader.augment)
-
-    def lookup(self, idx: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
-        """The logits of images ``idx`` in the views ``params`` (from Augment.sample)."""
-        if params is None:
-            return self.logits[0, idx]
-        side = 2 * self.augment.pad + 1
-        params = params.to(idx.device)
-        view = params[:, 0] * side + params[:, 1] + params[:, 2] * side * side
-        return self.logits[view, idx]
 
 
 def fit_side_by_side(
