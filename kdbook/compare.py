@@ -26,6 +26,7 @@ from kdbook.data import Dataset
 from kdbook.paired_runs import SECONDS as SECONDS
 from kdbook.paired_runs import Runs as Runs
 from kdbook.paired_runs import first_layer_norm as first_layer_norm
+from kdbook.paired_runs import seconds_alone as seconds_alone
 from kdbook.paired_runs import train_recipes
 from kdbook.stats import ACCURACY_RANGE, finite_mean_ci, format_interval, method_verdict, verdict
 from kdbook.stats import mean_ci as mean_ci

@@ -153,6 +153,45 @@ def train_recipes(
     return Runs(per_seed, {name: sorted(s) for name, s in failed.items()}, models)
 
 
+def seconds_alone(
+    student: str,
+    data: Dataset,
+    recipes: Mapping[str, Mapping[str, Any]],
+    *,
+    seed: int = 0,
+    epochs: int = 2,
+    **fit_kwargs: Any,
+) -> pd.Series:
+    """Seconds per epoch of one run of each recipe trained alone, from the same initial
+    weights: what a method costs, where its comparison trained side by side and its runs
+    shared their steps. Each run trains ``epochs`` epochs; the last one's seconds are kept
+    (the first also pays set-up: a teacher's table of views, checks). A feature loss given
+    as a class or factory is built afresh, as in :func:`train_recipes`.
+
+    Introduced in notebook 10_vit_to_resnet.
+    """
+    from kdbook.train import fit
+
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    seconds = {}
+    for name, recipe in recipes.items():
+        recipe = dict(recipe)
+        loss = recipe.get("feature_loss")
+        if loss is not None and not isinstance(loss, nn.Module):
+            recipe["feature_loss"] = loss()
+        torch.manual_seed(seed)
+        model = build_model(student, data)
+        kwargs = {**fit_kwargs, **recipe, "num_epochs": epochs, "seed": seed, "progress": False}
+        history = fit(
+            model,
+            recipe.pop(TRAIN_DATA, data),
+            **{k: v for k, v in kwargs.items() if k != TRAIN_DATA},
+        )
+        seconds[name] = history.epochs[-1]["seconds"]
+    return pd.Series(seconds, name="s / epoch, one run alone")
+
+
 @dataclass
 class _Run:
     seed: int

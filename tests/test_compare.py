@@ -532,3 +532,32 @@ def test_a_method_with_a_diverged_seed_says_so_in_every_verdict_column() -> None
     assert table.loc["DKD", "vs KD"].startswith(flag)
     assert not table.loc["KD", "vs scratch"].startswith("diverged")
     assert c.verdicts()["DKD"]["vs_scratch"].startswith(flag)
+
+
+def test_seconds_alone_times_each_recipe_alone_with_a_fresh_adapter(digits) -> None:
+    from functools import partial
+
+    from kdbook.compare import seconds_alone
+    from kdbook.losses import HintLoss
+    from kdbook.models import feature_shape
+
+    torch.manual_seed(0)
+    teacher = build_model("digits_teacher", digits).eval()
+    built = []
+
+    def hint():
+        student_shape = feature_shape(build_model("tiny_cnn", digits), 1, digits.image_size)
+        teacher_shape = feature_shape(teacher, 1, digits.image_size)
+        built.append(partial(HintLoss, student_shape[0], teacher_shape[0])())
+        return built[-1]
+
+    recipes = {
+        "alone": {},
+        "KD": {"teacher": teacher},
+        "hint": {"teacher": teacher, "feature_loss": hint},
+    }
+    cost = seconds_alone("tiny_cnn", digits, recipes, epochs=2)
+    assert list(cost.index) == ["alone", "KD", "hint"] and (cost > 0).all()
+    assert len(built) == 1  # the factory was called once, for its own run
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
+        seconds_alone("tiny_cnn", digits, recipes, epochs=0)
