@@ -2,6 +2,8 @@
 
 - :mod:`kdbook.train.loop`: :func:`fit` (teacher, student alone, distilled student),
   :func:`make_loop` (what fit does before its first epoch), :func:`fit_arguments`.
+- :mod:`kdbook.train.text`: :func:`fit_lm`, fit's sibling for language models (the same
+  runtime step, hooks and checkpoints; token-level and sequence-level KD).
 - :mod:`kdbook.train.hooks`: :class:`Loop`, :class:`Hook`, :class:`BaseHook` and the hooks,
   :class:`Checkpoint` (``checkpoint=path``: saved every epoch, resumed on start) among them.
 
@@ -28,6 +30,13 @@ from kdbook.train.loop import (
     fit_arguments,
     make_loop,
 )
+from kdbook.train.text import (
+    TokenObjective,
+    TokenWindows,
+    check_lm,
+    fit_lm,
+    make_lm_loop,
+)
 
 __all__ = [
     "BaseHook",
@@ -39,7 +48,12 @@ __all__ = [
     "Loop",
     "TensorBoard",
     "TimeEstimate",
+    "TokenObjective",
+    "TokenWindows",
+    "check_lm",
     "fit",
     "fit_arguments",
+    "fit_lm",
+    "make_lm_loop",
     "make_loop",
 ]
