@@ -42,7 +42,7 @@ from kdbook.evaluate import lm_logits, lm_metrics
 from kdbook.io import tensor_digest
 from kdbook.losses import check_temperature_alpha, kd_loss
 from kdbook.runtime import Runtime, threads_for_flops
-from kdbook.text import TextData, tiled_windows, window_tensor
+from kdbook.text import TextData, check_context, tiled_windows
 from kdbook.train.hooks import Checkpoint, Hook, Loop
 
 LM_WEIGHT_DECAY = 0.1  # AdamW's, on every weight (the book's small models need no exceptions)
@@ -50,23 +50,44 @@ VAL_WINDOWS = 256  # windows of the validation split scored after each epoch
 
 
 class TokenWindows:
-    """fit_lm's loader: windows ``[P, L + 1]`` in batches ``(x, y, idx)``, shuffled anew
-    each epoch by its own generator (seeded, so a seed gives the same batches)."""
+    """fit_lm's loader: batches ``(x, y, idx)`` of windows and their next-token targets.
+
+    ``source`` is either fixed windows ``[P, L + 1]`` (shuffled anew each epoch; ``idx``
+    says which, for a teacher's cached logits) or a 1-D split of tokens, from which each
+    epoch draws ``(len - 1) // context`` windows at random starts (every character lands at
+    every position of a window over the epochs: a teacher trained so reaches a lower loss
+    in the same steps than on fixed windows). The draws come from the loader's own
+    generator, seeded: a seed gives the same batches.
+    """
 
     def __init__(
-        self, windows: torch.Tensor, batch_size: int, seed: int, device: torch.device
+        self,
+        source: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        context: int | None = None,
     ) -> None:
-        self.windows, self.batch_size, self.device = windows, batch_size, device
+        self.source, self.batch_size, self.device = source, batch_size, device
+        self.random = source.dim() == 1
+        self.context = source.shape[1] - 1 if not self.random else context
+        self.count = (len(source) - 1) // self.context if self.random else len(source)
         self.generator = torch.Generator().manual_seed(seed)
         self.global_size = batch_size
 
     def __len__(self) -> int:
-        return math.ceil(len(self.windows) / self.batch_size)
+        return math.ceil(self.count / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.windows), generator=self.generator)
+        if self.random:
+            starts = torch.randint(len(self.source) - self.context, (self.count,),
+                                   generator=self.generator)  # fmt: skip
+            windows = self.source[starts[:, None] + torch.arange(self.context + 1)]
+        else:
+            windows = self.source
+        order = torch.randperm(self.count, generator=self.generator)
         for idx in order.split(self.batch_size):
-            w = self.windows[idx].to(self.device)
+            w = windows[idx].to(self.device)
             yield w[:, :-1], w[:, 1:], idx
 
 
@@ -188,8 +209,10 @@ def fit_lm(
         model: a language model (``build_model("char_tiny", data)``).
         data: the corpus; its validation split is scored after every epoch.
         windows: ``[P, L + 1]`` token windows to train on (inputs and their next-token
-            targets); default every window of the training split at the model's context
-            (:func:`kdbook.text.window_tensor`). Sequence-level KD passes the teacher's text.
+            targets; :func:`kdbook.text.window_tensor` cuts them), the same every epoch;
+            sequence-level KD passes the teacher's text. Default: each epoch draws as many
+            windows as the training split holds at the model's context, at random starts
+            (:class:`TokenWindows`).
         teacher: a language model, or its logits ``[P, L, V]`` on ``windows``: token-level
             KD at ``temperature`` and ``alpha`` (None: the book's 4.0 and 0.7).
         num_epochs, lr, batch_size, weight_decay: the schedule (AdamW, cosine over all steps).
@@ -224,7 +247,8 @@ def fit_lm(
 
 def _check_windows(model: nn.Module, data: TextData, windows: Any) -> torch.Tensor:
     if windows is None:
-        return window_tensor(data.train, model.context)
+        check_context(data.train, model.context, "the training split")
+        return data.train
     if not (isinstance(windows, torch.Tensor) and windows.dim() == 2 and windows.dtype == torch.long
             and len(windows) >= 1 and windows.shape[1] >= 2):  # fmt: skip
         raise ValueError(
@@ -255,16 +279,19 @@ def make_lm_loop(model: nn.Module, data: TextData, a: dict[str, Any]) -> tuple[L
     if not (isinstance(a["lr"], int | float) and a["lr"] > 0):
         raise ValueError(f"lr must be a number > 0, got {a['lr']!r}")
     windows = _check_windows(model, data, a["windows"])
+    context = model.context if windows.dim() == 1 else windows.shape[1] - 1
     teacher = a["teacher"]
     if isinstance(teacher, torch.Tensor):
-        want = (len(windows), windows.shape[1] - 1, data.vocab_size)
+        if windows.dim() == 1:
+            raise ValueError("teacher logits need the windows they were computed on: give windows=")
+        want = (len(windows), context, data.vocab_size)
         if tuple(teacher.shape) != want:
             raise ValueError(f"teacher logits must be [P, L, V] = {list(want)} for these "
                              f"windows, got {list(teacher.shape)}")  # fmt: skip
     elif teacher is not None:
         check_lm(teacher, data, "teacher")
-        if windows.shape[1] - 1 > teacher.context:
-            raise ValueError(f"windows of context {windows.shape[1] - 1} are longer than the "
+        if context > teacher.context:
+            raise ValueError(f"windows of context {context} are longer than the "
                              f"teacher's context {teacher.context}")  # fmt: skip
     objective = TokenObjective(teacher, a["temperature"], a["alpha"])
     device = torch.device(resolve_device(a["device"]))
@@ -279,16 +306,16 @@ def make_lm_loop(model: nn.Module, data: TextData, a: dict[str, Any]) -> tuple[L
         runtime.prepare(teacher)
         teacher.eval()
     models = [model] + ([teacher] if isinstance(teacher, nn.Module) else [])
-    tokens = a["batch_size"] * (windows.shape[1] - 1)
+    tokens = a["batch_size"] * context
     threads_for_flops(model, lambda: 2 * tokens * sum(_count(m) for m in models))
     torch.manual_seed(a["seed"])
-    loader = TokenWindows(windows, a["batch_size"], a["seed"], runtime.device)
+    loader = TokenWindows(windows, a["batch_size"], a["seed"], runtime.device, context)
     student = _Student(model)
     opt = runtime.optimizer(list(model.parameters()), "adamw", a["lr"], a["weight_decay"], 0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=a["num_epochs"] * len(loader))
     settings = {"model": getattr(model, "kdbook_name", type(model).__name__),
-                "dataset": data.name, "text_digest": data.digest, "train_windows": len(windows),
-                "context": windows.shape[1] - 1}  # fmt: skip
+                "dataset": data.name, "text_digest": data.digest, "train_windows": loader.count,
+                "random_windows": loader.random, "context": context}  # fmt: skip
     settings |= {k: a[k] for k in ("num_epochs", "lr", "batch_size", "seed", "weight_decay")}
     settings |= {"optimizer": "adamw"} | objective.settings()
     for hook in hooks:
