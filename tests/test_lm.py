@@ -30,6 +30,10 @@ def data():
     return text_data(TEXT, "cats")
 
 
+def same(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
 def tiny(data, context=16, seed=0):
     torch.manual_seed(seed)
     return build_model("char_tiny", data, context=context)
@@ -98,7 +102,7 @@ def test_a_tiny_fit_lowers_the_loss_and_a_seed_repeats_it(data):
     assert first.final["train_loss"] < first.epochs[0]["train_loss"]
     assert first.final["val_bpc"] < math.log2(data.vocab_size)
     fit_lm(b, data, num_epochs=3, batch_size=16, lr=1e-2, progress=False)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert same(a, b)
 
 
 def test_token_kd_from_cached_logits_equals_kd_from_the_live_teacher(data):
@@ -154,7 +158,7 @@ def test_checkpoint_round_trip_loads_weights_only(data, tmp_path):
     assert blob["meta"]["classes"] == list(data.classes)
     loaded, meta = load_checkpoint(path, data, expect_model="char_tiny")
     assert loaded.context == 16 and meta["dataset"] == "cats"
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), loaded.parameters(), strict=True))
+    assert same(model, loaded)
     with pytest.raises(ValueError, match="trained with dataset='cats'"):
         load_checkpoint(path, text_data("xyz xyz zyx " * 30, "xyz"))
 
@@ -175,10 +179,10 @@ def test_fit_lm_resumes_an_interrupted_run_to_the_same_weights(data, tmp_path):
     resumed = tiny(data)
     history = fit_lm(resumed, data, num_epochs=2, batch_size=16, progress=False, checkpoint=path)
     assert len(history.epochs) == 2
-    assert all(torch.equal(p, q) for p, q in zip(whole.parameters(), resumed.parameters(), strict=True))
+    assert same(whole, resumed)
     again = tiny(data, seed=9)  # a finished run loads its weights and trains nothing
     fit_lm(again, data, num_epochs=2, batch_size=16, progress=False, checkpoint=path)
-    assert all(torch.equal(p, q) for p, q in zip(whole.parameters(), again.parameters(), strict=True))
+    assert same(whole, again)
 
 
 def test_metrics_and_kl_against_the_long_way():
@@ -202,9 +206,10 @@ def test_the_next_character_slider(data):
     view = next_char_view(torch.tensor([3.0, 1.0, 0.0, 0.0]), ("a", " ", "\n", "b"), 1.0, top=2)
     assert [r["character"] for r in view["top"]] == ["a", "' '"]
     hot = next_char_view(torch.tensor([3.0, 1.0, 0.0, 0.0]), ("a", " ", "\n", "b"), 100.0)
-    assert hot["entropy_bits"] == pytest.approx(2.0, abs=0.01) and hot["entropy_bits"] > view[
-        "entropy_bits"
-    ]
+    assert (
+        hot["entropy_bits"] == pytest.approx(2.0, abs=0.01)
+        and hot["entropy_bits"] > view["entropy_bits"]
+    )
     box = next_char_explorer(tiny(data), data, "the cat ")
     box.controls["temperature"].value = 4.0
     assert box.view["temperature"] == 4.0 and max(box.redraw_seconds) < 1.0
