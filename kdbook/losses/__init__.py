@@ -7,6 +7,9 @@ the docstring.
 - :mod:`kdbook.losses.dkd`: decoupled KD (:func:`dkd_loss`, :class:`DKD`; notebook 13).
 - :mod:`kdbook.losses.features`: hints, attention transfer, token alignment
   (:class:`FeatureKD`; notebooks 09 and 10).
+- :mod:`kdbook.losses.tokens`: per-token forward KL, reverse KL and GKD's generalised JSD over
+  ``[B, L, V]`` logits with a padding mask (:func:`token_kd_loss`, :func:`reverse_kl_loss`,
+  :func:`generalized_jsd_loss`; notebooks 15 and 16).
 - :mod:`kdbook.losses.buggy`: the sources' buggy variants (notebook 08; a teaching aid).
 
 A new loss is one class::
@@ -77,6 +80,21 @@ from kdbook.losses.logit import (
     soft_targets,
     standardize_logits,
 )
+from kdbook.losses.tokens import (
+    JSD_BETA,
+    TokenJSD,
+    TokenKD,
+    TokenReverseKL,
+    TokenTerm,
+    check_jsd_beta,
+    check_token_inputs,
+    generalized_jsd_loss,
+    kept_positions,
+    reverse_kl_loss,
+    token_cross_entropy,
+    token_kd_loss,
+    token_mask,
+)
 
 __all__ = [
     "AttentionTransfer",
@@ -88,6 +106,7 @@ __all__ = [
     "FeatureAdapter",
     "FeatureKD",
     "HintLoss",
+    "JSD_BETA",
     "LogitKD",
     "Outputs",
     "SEBlock",
@@ -95,27 +114,39 @@ __all__ = [
     "TERMS",
     "Term",
     "TokenAlignment",
+    "TokenJSD",
+    "TokenKD",
+    "TokenReverseKL",
+    "TokenTerm",
     "attention_map",
     "attention_transfer_loss",
     "check_beta",
+    "check_jsd_beta",
     "check_logit_shapes",
     "check_schedule",
     "check_temperature_alpha",
+    "check_token_inputs",
     "dkd_loss",
     "dkd_objective",
     "dkd_terms",
     "dkd_warmup_weight",
     "ensemble_logits",
+    "generalized_jsd_loss",
     "hint_loss",
     "kd_loss",
     "kd_loss_alpha_on_ce",
     "kd_loss_source3",
     "kd_loss_source4",
+    "kept_positions",
     "list_terms",
     "register_term",
+    "reverse_kl_loss",
     "setting",
     "soft_kd_term",
     "soft_targets",
     "standardize_logits",
+    "token_cross_entropy",
+    "token_kd_loss",
+    "token_mask",
     "tokens_to_map",
 ]
