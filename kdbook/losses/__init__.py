@@ -11,6 +11,8 @@ the docstring.
   ``[B, L, V]`` logits with a padding mask (:func:`token_kd_loss`, :func:`reverse_kl_loss`,
   :func:`generalized_jsd_loss`; notebooks 15 and 16).
 - :mod:`kdbook.losses.buggy`: the sources' buggy variants (notebook 08; a teaching aid).
+- :mod:`kdbook.losses.buggy_tokens`: token-level losses written the usual wrong ways (notebook
+  16; a teaching aid).
 
 A new loss is one class::
 
@@ -46,6 +48,15 @@ from kdbook.losses.buggy import (
     kd_loss_alpha_on_ce,
     kd_loss_source3,
     kd_loss_source4,
+)
+from kdbook.losses.buggy_tokens import (
+    BUGGY_TOKEN_LOSSES,
+    jsd_beta_flipped,
+    token_kd_log_prob_target,
+    token_kd_mask_ignored,
+    token_kd_mask_mean_over_all,
+    token_kd_reversed,
+    token_kd_temperature_student_only,
 )
 from kdbook.losses.dkd import (
     DKD,
@@ -99,6 +110,7 @@ from kdbook.losses.tokens import (
 __all__ = [
     "AttentionTransfer",
     "BUGGY_KD_LOSSES",
+    "BUGGY_TOKEN_LOSSES",
     "CrossEntropy",
     "DKD",
     "DKD_BETA",
@@ -133,6 +145,7 @@ __all__ = [
     "ensemble_logits",
     "generalized_jsd_loss",
     "hint_loss",
+    "jsd_beta_flipped",
     "kd_loss",
     "kd_loss_alpha_on_ce",
     "kd_loss_source3",
@@ -146,7 +159,12 @@ __all__ = [
     "soft_targets",
     "standardize_logits",
     "token_cross_entropy",
+    "token_kd_log_prob_target",
     "token_kd_loss",
+    "token_kd_mask_ignored",
+    "token_kd_mask_mean_over_all",
+    "token_kd_reversed",
+    "token_kd_temperature_student_only",
     "token_mask",
     "tokens_to_map",
 ]
