@@ -340,6 +340,7 @@ def _count(
     for name, value in logs.items():
         value = value.item() if isinstance(value, torch.Tensor) else value
         result.logs[name] = result.logs.get(name, 0.0) + value * n
-    result.correct += (logits.argmax(1)[labelled] == y[labelled]).sum().item()
+    # logits [N, C] and labels [N], or a language model's [N, L, V] and [N, L] (per token)
+    result.correct += (logits.argmax(-1)[labelled] == y[labelled]).sum().item()
     result.seen += n
     result.labelled += int(labelled.sum())
