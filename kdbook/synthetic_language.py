@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbook.train.on_policy import SequenceTask
+
 MAX_SEQUENCES = 200_000  # the most sequences exact sums enumerate
 NO_MASS = -1e4  # the BOS logit of the language itself: exp underflows to exactly 0
 
@@ -226,15 +228,25 @@ def sample_sequences(
         return model.sample(n, generator)
     was_training = model.training
     model.eval()
+    device = next(iter(model.buffers()), next(iter(model.parameters()), None)).device
     try:
-        tokens = torch.full((n, 1), vocab_size, dtype=torch.long)
+        tokens = torch.full((n, 1), vocab_size, dtype=torch.long, device=device)
         for _ in range(length):
-            logits = model(tokens)[:, -1, :vocab_size].double() / temperature
-            nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=generator)
-            tokens = torch.cat([tokens, nxt], dim=1)
+            logits = model(tokens)[:, -1, :vocab_size].double().cpu() / temperature
+            nxt = torch.multinomial(F.softmax(logits, -1), 1, generator=generator)  # CPU draws
+            tokens = torch.cat([tokens, nxt.to(device)], dim=1)
     finally:
         model.train(was_training)
     return tokens[:, 1:]
+
+
+def language_task(vocab_size: int, length: int) -> SequenceTask:
+    """The synthetic language's :class:`kdbook.train.SequenceTask` for
+    :func:`kdbook.train.fit_on_policy`: BOS-shifted logits over the real tokens, and sampling."""
+    return SequenceTask(
+        logits=lambda model, seqs: next_token_logits(model, seqs, vocab_size),
+        sample=lambda model, n, g, t: sample_sequences(model, n, vocab_size, length, g, t),
+    )
 
 
 @torch.no_grad()

@@ -2,6 +2,8 @@
 
 - :mod:`kdbook.train.loop`: :func:`fit` (teacher, student alone, distilled student),
   :func:`make_loop` (what fit does before its first epoch), :func:`fit_arguments`.
+- :mod:`kdbook.train.on_policy`: :func:`fit_on_policy`, on-policy distillation of a causal
+  language model (GKD: the student's own samples scored by the teacher; TRL's knobs).
 - :mod:`kdbook.train.hooks`: :class:`Loop`, :class:`Hook`, :class:`BaseHook` and the hooks,
   :class:`Checkpoint` (``checkpoint=path``: saved every epoch, resumed on start) among them.
 
@@ -28,6 +30,11 @@ from kdbook.train.loop import (
     fit_arguments,
     make_loop,
 )
+from kdbook.train.on_policy import (
+    SequenceTask,
+    check_on_policy,
+    fit_on_policy,
+)
 
 __all__ = [
     "BaseHook",
@@ -38,8 +45,11 @@ __all__ = [
     "Hook",
     "Loop",
     "TensorBoard",
+    "SequenceTask",
     "TimeEstimate",
+    "check_on_policy",
     "fit",
     "fit_arguments",
+    "fit_on_policy",
     "make_loop",
 ]
