@@ -158,13 +158,21 @@ def choose_threads(*models: nn.Module, data: Any, batch_size: int) -> int:
     """
     if next(models[0].parameters()).device.type != "cpu":
         return torch.get_num_threads()
+    shape = (data.in_channels, data.image_size, data.image_size)
+    return threads_for_flops(models[0], lambda: step_flops(models, shape, batch_size))
+
+
+def threads_for_flops(model: nn.Module, flops: Callable[[], int]) -> int:
+    """Set torch's intra-op threads for a CPU run whose step's forward work is ``flops()``
+    (called only under ``"auto"``): :func:`choose_threads`'s rule, for any model (the
+    language models' :func:`kdbook.train.fit_lm` counts its own). Returns the number set."""
+    if next(model.parameters()).device.type != "cpu":
+        return torch.get_num_threads()
     cores = available_cores()  # read before the first change: torch's own default
     if _policy != "auto":
         threads = int(_policy)
     else:
-        shape = (data.in_channels, data.image_size, data.image_size)
-        small = step_flops(models, shape, batch_size) < ONE_THREAD_FLOPS
-        threads = 1 if small else cores
+        threads = 1 if flops() < ONE_THREAD_FLOPS else cores
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

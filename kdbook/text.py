@@ -169,16 +169,27 @@ def windows(
         yield chunk[:, :-1], chunk[:, 1:]
 
 
-def tiled_windows(
+def window_tensor(
     tokens: torch.Tensor, context: int, max_windows: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split cut into consecutive non-overlapping windows ``(x, y)`` of ``context``
-    tokens (the tail that does not fill a window is dropped): evaluation reads every token
-    once. ``max_windows``: only the first that many (evenly spaced over the split)."""
+) -> torch.Tensor:
+    """The split cut into consecutive non-overlapping windows of ``context + 1`` tokens
+    (a window and its next-token targets), as ``[P, context + 1]``; window ``i`` starts at
+    token ``i * context``, so every token is a target once (the tail that does not fill a
+    window is dropped). ``max_windows``: only that many, evenly spaced over the split."""
     check_context(tokens, context)
+    if max_windows is not None and not (isinstance(max_windows, int) and max_windows >= 1):
+        raise ValueError(f"max_windows must be an integer >= 1 or None, got {max_windows!r}")
     count = (len(tokens) - 1) // context
     starts = torch.arange(count) * context
     if max_windows is not None and max_windows < count:
-        starts = starts[torch.linspace(0, count - 1, max_windows).long()]
-    chunk = tokens[starts[:, None] + torch.arange(context + 1)]
+        starts = starts[torch.linspace(0, count - 1, max_windows).round().long()]
+    return tokens[starts[:, None] + torch.arange(context + 1)]
+
+
+def tiled_windows(
+    tokens: torch.Tensor, context: int, max_windows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`window_tensor` as inputs and targets ``(x, y)``, each ``[P, context]``:
+    evaluation reads every token of the split once."""
+    chunk = window_tensor(tokens, context, max_windows)
     return chunk[:, :-1], chunk[:, 1:]

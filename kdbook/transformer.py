@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+Cache = tuple[torch.Tensor, torch.Tensor]  # one block's keys and values [B, heads, n, D / heads]
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention in which position ``t`` attends to positions ``<= t``."""
@@ -42,14 +44,22 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("mask", mask, persistent=False)  # rebuilt, never saved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, length, width = x.shape
+        return self.forward_cached(x, None)[0]
+
+    def forward_cached(self, x: torch.Tensor, past: Cache | None) -> tuple[torch.Tensor, Cache]:
+        """``x`` [B, n, D] continuing the positions whose keys and values ``past`` holds:
+        the output and the keys and values of every position so far (for sampling)."""
+        b, n, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=-1)
-        # [B, L, D] -> [B, heads, L, D / heads]
-        q, k, v = (t.reshape(b, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        # [B, n, D] -> [B, heads, n, D / heads]
+        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        total = k.shape[2]
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-        scores = scores.masked_fill(~self.mask[:length, :length], float("-inf"))
+        scores = scores.masked_fill(~self.mask[total - n : total, :total], float("-inf"))
         out = scores.softmax(dim=-1) @ v
-        return self.proj(out.transpose(1, 2).reshape(b, length, width))
+        return self.proj(out.transpose(1, 2).reshape(b, n, width)), (k, v)
 
 
 class Block(nn.Module):
@@ -67,6 +77,11 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
+
+    def forward_cached(self, x: torch.Tensor, past: Cache | None) -> tuple[torch.Tensor, Cache]:
+        attended, present = self.attn.forward_cached(self.ln1(x), past)
+        x = x + attended
+        return x + self.mlp(self.ln2(x)), present
 
 
 class CharTransformer(nn.Module):
@@ -117,6 +132,26 @@ class CharTransformer(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
 
+    def forward_cached(
+        self, tokens: torch.Tensor, past: list[Cache] | None = None
+    ) -> tuple[torch.Tensor, list[Cache]]:
+        """Logits of ``tokens`` [B, n] that continue the sequence whose keys and values
+        ``past`` holds (one per block; None: a new sequence), and the keys and values so far:
+        :func:`sample` reads each new token once instead of re-reading the whole context."""
+        start = 0 if past is None else past[0][0].shape[2]
+        if start + tokens.shape[-1] > self.context:
+            raise ValueError(
+                f"input of {start + tokens.shape[-1]} tokens is longer than the model's "
+                f"context {self.context}"
+            )
+        positions = torch.arange(start, start + tokens.shape[-1], device=tokens.device)
+        x = self.token_embedding(tokens) + self.position_embedding(positions)
+        presents = []
+        for i, block in enumerate(self.blocks):
+            x, present = block.forward_cached(x, None if past is None else past[i])
+            presents.append(present)
+        return self.head(self.ln_f(x)), presents
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(tokens))
 
@@ -164,9 +199,17 @@ def sample(
     tokens = (prompt[None] if prompt.dim() == 1 else prompt).to(device)
     was_training = model.training
     model.eval()
+    cached = hasattr(model, "forward_cached")
+    past = None
     try:
         for _ in range(n):
-            logits = model(tokens[:, -context:])[:, -1].float()
+            if cached and past is not None and tokens.shape[1] <= context:
+                logits, past = model.forward_cached(tokens[:, -1:], past)  # the new token only
+            elif cached and tokens.shape[1] < context:
+                logits, past = model.forward_cached(tokens)
+            else:  # past the context: read the last ``context`` tokens again each time
+                logits = model(tokens[:, -context:])
+            logits = logits[:, -1].float()
             if temperature == 0:
                 nxt = logits.argmax(-1, keepdim=True)
             else:
