@@ -12,6 +12,12 @@ shares :func:`fit`'s machinery rather than copying it: the step is
 and the seed fixes the initial shuffle as fit's does. An epoch is one pass over the windows
 in a shuffled order; AdamW with a cosine schedule; the final model is kept.
 
+Seeds train one at a time, not side by side: ``kdbook bench``'s "LM students, vmap" line
+trains 4 students of 15 as one ``torch.func.vmap``-ed model, and on a 2-core CPU (shared,
+load about 6) each student read 0.25 times the characters a second of one trained alone
+(the transformer's batched attention and normalisation cost more under vmap than the
+shared step saves). Rerun it where the answer may differ (a GPU).
+
 Introduced in notebook 15_language_model_kd.
 
 >>> from kdbook.text import text_data
