@@ -245,3 +245,17 @@ def test_a_run_no_better_than_a_uniform_guess_diverged():
     assert lm_diverged(H, math.log2(10), 10) and not lm_diverged(H, 2.0, 10)
     H.epochs = [{"train_loss": math.nan}]
     assert lm_diverged(H, 2.0, 10)
+
+
+def test_the_teacher_trains_once_into_the_run_folder(data, tmp_path, capsys):
+    from kdbook.config import make_config
+    from kdbook.recipes import LM_TEACHER_FILE, lm_teacher_from_run
+
+    cfg = make_config(lm_teacher="char_tiny", lm_context=16, lm_teacher_epochs=1,
+                      run_dir=str(tmp_path))  # fmt: skip
+    first, history = lm_teacher_from_run(cfg, data, progress=False)
+    assert "training char_tiny" in capsys.readouterr().out
+    assert (tmp_path / LM_TEACHER_FILE).is_file() and len(history.epochs) == 1
+    again, _ = lm_teacher_from_run(cfg, data, progress=False)
+    assert "already finished" in capsys.readouterr().out
+    assert same(first, again) and not again.training
