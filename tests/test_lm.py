@@ -259,3 +259,23 @@ def test_the_teacher_trains_once_into_the_run_folder(data, tmp_path, capsys):
     again, _ = lm_teacher_from_run(cfg, data, progress=False)
     assert "already finished" in capsys.readouterr().out
     assert same(first, again) and not again.training
+
+
+def test_the_summary_reports_language_model_verdicts(tmp_path):
+    from kdbook.report import save_metrics, write_results
+
+    rows = [
+        {"method": SCRATCH, "num_seeds": 3, "bpc_mean": 3.3, "bpc_ci95": 0.02,
+         "saved_mean": None, "saved_ci95": None, "verdict": None, "diverged": []},
+        {"method": "token KD", "num_seeds": 3, "bpc_mean": 3.2, "bpc_ci95": 0.04,
+         "saved_mean": 0.1, "saved_ci95": 0.05, "verdict": "token KD helps", "diverged": [2]},
+    ]  # fmt: skip
+    save_metrics(tmp_path, "15_language_model_kd", {"lm_comparisons": rows})
+    results = write_results(tmp_path)
+    assert [r["method"] for r in results["lm_comparisons"]] == [SCRATCH, "token KD"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Language models: does distillation help?" in summary
+    assert (
+        "| 15_language_model_kd | token KD | 3 | 3.200 ± 0.040 | +0.100 ± 0.050 | token KD "
+        "helps | seed 2 |" in summary
+    )
