@@ -18,6 +18,7 @@ from torch import nn
 
 from kdbook.data import Dataset
 from kdbook.io import atomic_write
+from kdbook.text import TextData
 
 # Recorded settings that a resumed run may change (everything else must match).
 NOT_RESUME_SETTINGS = frozenset({"world_size"})
@@ -58,15 +59,17 @@ def check_fits(state_dict: dict[str, torch.Tensor], model: nn.Module) -> None:
 # --- files ---------------------------------------------------------------------------
 
 
-def _meta(model: nn.Module, data: Dataset, history: History | None) -> dict[str, Any]:
+def _meta(model: nn.Module, data: Dataset | TextData, history: History | None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "model": getattr(model, "kdbook_name", type(model).__name__),
-        "num_classes": data.num_classes,
-        "in_channels": data.in_channels,
-        "image_size": data.image_size,
+        "num_classes": data.num_classes,  # a language model's: its vocabulary size
+        "in_channels": getattr(data, "in_channels", None),  # None for text
+        "image_size": getattr(data, "image_size", None),
         "dataset": data.name,
-        "classes": list(data.classes),
+        "classes": list(data.classes),  # a language model's: its vocabulary
     }
+    if getattr(model, "kdbook_kwargs", None):  # a language model's sizes (context)
+        meta["model_kwargs"] = dict(model.kdbook_kwargs)
     if history is not None:
         meta["settings"] = history.settings
         if history.epochs:
@@ -77,7 +80,7 @@ def _meta(model: nn.Module, data: Dataset, history: History | None) -> dict[str,
 def write_checkpoint(
     path: str | Path,
     model: nn.Module,
-    data: Dataset,
+    data: Dataset | TextData,
     history: History | None,
     run: dict[str, Any] | None,
 ) -> Path:
@@ -91,7 +94,7 @@ def write_checkpoint(
 
 
 def save_checkpoint(
-    path: str | Path, model: nn.Module, data: Dataset, history: History | None = None
+    path: str | Path, model: nn.Module, data: Dataset | TextData, history: History | None = None
 ) -> Path:
     """Save ``model``'s state_dict with the metadata needed to rebuild and check it.
 
@@ -118,14 +121,14 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: str | Path, data: Dataset | None = None, *, expect_model: str | None = None
+    path: str | Path, data: Dataset | TextData | None = None, *, expect_model: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a kdbook checkpoint (``weights_only=True``) and return it with meta.
 
     Args:
         path: a file written by :func:`save_checkpoint` or :func:`kdbook.train.fit`.
         data: when given, the checkpoint must have been trained on this data set, with its
-            number of classes and class names.
+            number of classes and class names (a language model: this corpus and vocabulary).
         expect_model: when given, the registered model name the checkpoint must hold.
 
     Returns:
@@ -164,6 +167,7 @@ def load_checkpoint(
             meta["num_classes"],
             in_channels=meta["in_channels"],
             image_size=meta["image_size"],
+            **meta.get("model_kwargs", {}),
         )
         check_fits(blob["state_dict"], model)
     except ValueError as e:

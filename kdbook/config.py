@@ -29,6 +29,20 @@ from typing import Any
 GLYPHS = "glyphs"
 DEFAULT_PRESET = "classroom"  # sized for digits: another data set given with it takes its own
 
+# The language models of 15-16 on a CPU (every preset but cifar10's GPU sizes): a 0.43M-
+# parameter teacher reading 64 characters, trained 3 passes over the training text (about
+# 550 steps), and a 21k student that reads 512 windows of it (9 % of the text: what it
+# cannot learn from them alone, the teacher can tell it) 12 times (192 steps).
+LM_CPU: dict[str, Any] = {
+    "teacher": "char_small",
+    "student": "char_tiny",
+    "context": 64,
+    "teacher_epochs": 3,
+    "epochs": 12,
+    "windows": 512,
+    "lr": 3e-3,
+}
+
 # The sizes each preset stands for. A parameter left at ``None`` takes the preset's value.
 PRESETS: dict[str, dict[str, Any]] = {
     # Embedded digits on a 2-core CPU: each notebook in about a minute.
@@ -43,6 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_fraction": 0.05,
         "device": "cpu",
         "image_size": 64,  # ImageFolder trees only
+        **{f"lm_{k}": v for k, v in LM_CPU.items()},
     },
     # Glyphs on a 2-core CPU, with the classroom's teacher and student (only the data differ):
     # the teacher near 92 % on faces it never saw (about 20 s of training), the student well
@@ -58,6 +73,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_fraction": 0.1,  # 13 labelled images a class: about one per training face
         "device": "cpu",
         "image_size": 64,  # ImageFolder trees only
+        **{f"lm_{k}": v for k, v in LM_CPU.items()},
     },
     # CIFAR-10 on one GPU (place the data in data/): source 1's models, loss and optimizer,
     # shortened from its 200 epochs of batch 128 to fit the book's time budget.
@@ -72,6 +88,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_fraction": 0.1,
         "device": "auto",
         "image_size": 64,  # ImageFolder trees only
+        # The language models of 15-16 at GPU size, UNMEASURED until a GPU runs them: a
+        # 3.3M-parameter teacher reading 256 characters, a 0.12M student, longer training.
+        "lm_teacher": "char_medium",
+        "lm_student": "char_mini",
+        "lm_context": 256,
+        "lm_teacher_epochs": 10,
+        "lm_epochs": 4,
+        "lm_windows": 4096,
+        "lm_lr": 1e-3,
     },
     # An ImageFolder tree such as the chest X-ray layout (source 4), sized for a CPU.
     "imagefolder": {
@@ -85,6 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_fraction": 0.1,
         "device": "auto",
         "image_size": 64,
+        **{f"lm_{k}": v for k, v in LM_CPU.items()},
     },
 }
 
@@ -93,6 +119,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # ``-p image_size 64 -p num_epochs 10 -p teacher resnet18_cifar``, for the full size).
 CPU_SIZES: dict[str, dict[str, Any]] = {
     "imagefolder": {"image_size": 32, "num_epochs": 5, "teacher": "simple_resnet"},
+    "cifar10": {f"lm_{k}": v for k, v in LM_CPU.items()},  # 15-16's language models
 }
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -201,6 +228,18 @@ def _models_accepted() -> str:
     return f"one of {list_models()}"
 
 
+def _is_text_model(value: Any) -> bool:
+    from kdbook.models import list_models
+
+    return value in list_models("text")
+
+
+def _text_models_accepted() -> str:
+    from kdbook.models import list_models
+
+    return f"one of {list_models('text')}"
+
+
 @dataclass(frozen=True)
 class Param:
     """One shared parameter of the book, declared once.
@@ -271,6 +310,24 @@ PARAMS: tuple[Param, ...] = (
     Param("label_fraction", float, None, lambda v: _is_number(v) and 0 < v <= 1,
           "a number in (0, 1]", "share of training labels kept in the scarce-label setting",
           train=False),
+    Param("lm_teacher", str, None, _is_text_model, _text_models_accepted,
+          "language-model teacher (15-16); None means the preset's", train=False),
+    Param("lm_student", str, None, _is_text_model, _text_models_accepted,
+          "language-model student (15-16); None means the preset's", train=False),
+    Param("lm_context", int, None, lambda v: _is_int(v) and v >= 2, "an integer >= 2",
+          "characters a language model reads at once; None means the preset's", train=False),
+    Param("lm_teacher_epochs", int, None, lambda v: _is_int(v) and v >= 1, _INT_GE_1,
+          "passes of the language-model teacher over the training text; None means the "
+          "preset's", train=False),
+    Param("lm_epochs", int, None, lambda v: _is_int(v) and v >= 1, _INT_GE_1,
+          "passes of each language-model student over its windows; None means the preset's",
+          train=False),
+    Param("lm_windows", int, None, lambda v: _is_int(v) and v >= 1, _INT_GE_1,
+          "training windows of each language-model student; None means the preset's",
+          train=False),
+    Param("lm_lr", float, None, lambda v: _is_number(v) and v > 0, "a number > 0",
+          "AdamW learning rate of the language-model teacher, the lowest of the students' "
+          "grid; None means the preset's", train=False),
 )  # fmt: skip
 
 _BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}

@@ -225,3 +225,55 @@ def model_costs(
         costs[f"latency batch {b} (ms)"] = latency_ms(model, (b, *image_shape), device)
     costs["size (KB)"] = size_kb(model)
     return costs
+
+
+# --- language models (notebooks 15 and 16) ------------------------------------------------
+
+LN2 = math.log(2)
+
+
+@torch.no_grad()
+def lm_logits(
+    model: nn.Module, windows: torch.Tensor, batch_size: int = 256, device: str = "cpu"
+) -> torch.Tensor:
+    """A language model's logits ``[P, L, V]`` (eval mode, float32 on the CPU) on windows
+    ``[P, L]`` of token ids (e.g. the inputs of :func:`kdbook.text.tiled_windows`)."""
+    dev = torch.device(resolve_device(device))
+    was_training = model.training
+    model.to(dev).eval()
+    try:
+        out = [model(w.to(dev)).float().cpu() for w in windows.split(batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def lm_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Next-token scores of logits ``[P, L, V]`` against targets ``[P, L]``: ``loss`` (mean
+    cross-entropy, nats a token), ``bpc`` (the same in bits: bits per character for
+    character tokens) and ``acc`` (% of tokens whose most likely id is the target).
+
+    Introduced in notebook 15_language_model_kd.
+    """
+    flat, y = logits.flatten(0, 1).float(), targets.flatten()
+    loss = torch.nn.functional.cross_entropy(flat, y).item()
+    acc = 100.0 * (flat.argmax(-1) == y).float().mean().item()
+    return {"loss": loss, "bpc": loss / LN2, "acc": acc}
+
+
+def lm_kl(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0
+) -> dict[str, float]:
+    """Teacher-student divergence of next-token distributions, in bits a token, averaged
+    over every position of ``[P, L, V]`` logits at ``temperature``: ``forward``
+    KL(teacher || student) (what token-level KD lowers: the student covering the teacher's
+    choices) and ``reverse`` KL(student || teacher) (the student putting mass where the
+    teacher puts little).
+
+    Introduced in notebook 15_language_model_kd.
+    """
+    log_t = (teacher_logits.float() / temperature).log_softmax(-1).flatten(0, -2)
+    log_s = (student_logits.float() / temperature).log_softmax(-1).flatten(0, -2)
+    forward = (log_t.exp() * (log_t - log_s)).sum(-1).mean().item()
+    reverse = (log_s.exp() * (log_s - log_t)).sum(-1).mean().item()
+    return {"forward": forward / LN2, "reverse": reverse / LN2}

@@ -31,28 +31,38 @@ class DataShape(Protocol):
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _MIN_IMAGE_SIZE: dict[str, int] = {}
+_KIND: dict[str, str] = {}
+KINDS = ("image", "text")
 
 
 def register_model(
-    fn: Callable[..., nn.Module] | None = None, *, min_image_size: int = 1
+    fn: Callable[..., nn.Module] | None = None, *, min_image_size: int = 1, kind: str = "image"
 ) -> Callable[..., nn.Module]:
     """Add a model constructor to the registry under its function name.
 
     Use as ``@register_model``, or ``@register_model(min_image_size=2)`` for a model whose
-    pooling needs images at least that large (:func:`build_model` checks it).
+    pooling needs images at least that large (:func:`build_model` checks it), or
+    ``@register_model(kind="text")`` for a language model (built from a vocabulary size
+    and a ``context``).
     """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
 
     def add(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[f.__name__] = f
         _MIN_IMAGE_SIZE[f.__name__] = min_image_size
+        _KIND[f.__name__] = kind
         return f
 
     return add if fn is None else add(fn)
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`build_model`."""
-    return sorted(_REGISTRY)
+def list_models(kind: str | None = "image") -> list[str]:
+    """Names accepted by :func:`build_model`: the image models (the teachers and students
+    of the image chapters), ``kind="text"`` the language models, ``kind=None`` all."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {list(KINDS)} or None, got {kind!r}")
+    return sorted(n for n in _REGISTRY if kind is None or _KIND[n] == kind)
 
 
 def build_model(
@@ -78,9 +88,14 @@ def build_model(
         image_size: side of the square input, for models whose head depends on it
             (default 32).
 
+    A language model (``list_models("text")``) takes its vocabulary size as ``num_classes``
+    (or a :class:`kdbook.text.TextData`) and its sizes as keywords (``context=64``).
+
     Returns:
         The model, in train mode, on the CPU.
     """
+    if _KIND.get(name) == "text":
+        return _build_text_model(name, num_classes, in_channels, image_size, kwargs)
     if not _is_int(num_classes) and hasattr(num_classes, "num_classes"):  # a Dataset
         data = num_classes
         for given, size in (("in_channels", in_channels), ("image_size", image_size)):
@@ -93,7 +108,7 @@ def build_model(
     in_channels = 3 if in_channels is None else in_channels
     image_size = 32 if image_size is None else image_size
     if name not in _REGISTRY:
-        raise ValueError(f"model must be one of {list_models()}, got {name!r}")
+        raise ValueError(f"model must be one of {list_models(None)}, got {name!r}")
     if not (_is_int(num_classes) and num_classes >= 2):
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if not (_is_int(in_channels) and in_channels >= 1):
@@ -105,6 +120,22 @@ def build_model(
         num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs
     )
     model.kdbook_name = name
+    return model
+
+
+def _build_text_model(
+    name: str, vocab: Any, in_channels: Any, image_size: Any, kwargs: dict[str, Any]
+) -> nn.Module:
+    for given, size in (("in_channels", in_channels), ("image_size", image_size)):
+        if size is not None:
+            raise ValueError(f"{given} is for image models, not language model {name!r}")
+    if not _is_int(vocab) and hasattr(vocab, "vocab_size"):  # a TextData
+        vocab = vocab.vocab_size
+    if not (_is_int(vocab) and vocab >= 2):
+        raise ValueError(f"vocab_size (num_classes) must be an integer >= 2, got {vocab!r}")
+    model = _REGISTRY[name](vocab, **kwargs)
+    model.kdbook_name = name
+    model.kdbook_kwargs = {**kwargs, "context": model.context}  # what rebuilds it (checkpoint)
     return model
 
 
@@ -310,6 +341,38 @@ def vit_tiny(
     nn.init.trunc_normal_(vit.conv_proj.weight, std=(1.0 / (in_channels * patch_size**2)) ** 0.5)
     nn.init.zeros_(vit.conv_proj.bias)
     return ViTClassifier(vit)
+
+
+def _char_transformer(vocab_size: int, context: int, width: int, layers: int, heads: int):
+    from kdbook.transformer import CharTransformer
+
+    return CharTransformer(vocab_size, context, width, layers, heads)
+
+
+@register_model(kind="text")
+def char_tiny(vocab_size: int, context: int = 64) -> nn.Module:
+    """The language-model student of 15-16: 1 block of width 32, 2 heads (about 21k
+    parameters with 100 characters and context 64)."""
+    return _char_transformer(vocab_size, context, 32, 1, 2)
+
+
+@register_model(kind="text")
+def char_mini(vocab_size: int, context: int = 64) -> nn.Module:
+    """2 blocks of width 64, 4 heads (about 0.12M parameters): the GPU preset's student."""
+    return _char_transformer(vocab_size, context, 64, 2, 4)
+
+
+@register_model(kind="text")
+def char_small(vocab_size: int, context: int = 64) -> nn.Module:
+    """The language-model teacher of 15-16 on a CPU: 2 blocks of width 128, 4 heads
+    (about 0.42M parameters; 600 AdamW steps reach about 1.5 nats a character)."""
+    return _char_transformer(vocab_size, context, 128, 2, 4)
+
+
+@register_model(kind="text")
+def char_medium(vocab_size: int, context: int = 256) -> nn.Module:
+    """4 blocks of width 256, 8 heads (about 3.3M parameters): the GPU preset's teacher."""
+    return _char_transformer(vocab_size, context, 256, 4, 8)
 
 
 def feature_shape(model: nn.Module, in_channels: int, image_size: int) -> tuple[int, ...]:

@@ -1,5 +1,6 @@
 """Recipes built on :func:`kdbook.train.fit`: a run's teacher, born-again and mutual learning,
-and the KD settings an earlier notebook chose in the run folder.
+and the KD settings an earlier notebook chose in the run folder; the language-model teacher
+of 15-16 (:func:`lm_teacher_from_run`, with :func:`kdbook.train.fit_lm`).
 
 Each is a few calls of ``fit`` (sources 2 and 3 of the references). The multi-teacher variant needs
 no function: ``fit(student, data, teacher=[t1, t2], teacher_weights=[...])``.
@@ -23,7 +24,7 @@ from kdbook.config import PRESETS, check_params, cpu_sizes, default, resolve_dev
 from kdbook.data import Dataset
 from kdbook.io import read_json, write_json
 from kdbook.models import build_model
-from kdbook.train import BestEpoch, TimeEstimate, fit
+from kdbook.train import BestEpoch, TimeEstimate, fit, fit_lm
 
 
 def trained_in_run(
@@ -378,3 +379,45 @@ def kd_settings_from_run(cfg: Any, temperature: float | None, alpha: float | Non
         )
     print(f"KD settings: T {values['temperature']:g}, alpha {values['alpha']:g}: {origin}")
     return dataclasses.replace(cfg, **values)
+
+
+LM_TEACHER_FILE = "lm_teacher.pt"
+
+
+def lm_teacher_from_run(cfg, data: Any, *, progress: bool = True) -> tuple[nn.Module, History]:
+    """The language-model teacher of this run: ``cfg.lm_teacher`` at context
+    ``cfg.lm_context``, trained ``cfg.lm_teacher_epochs`` passes over the training text at
+    ``cfg.lm_lr`` (:func:`kdbook.train.fit_lm`, seed ``cfg.seed``) and kept in
+    ``run_dir/lm_teacher.pt``: the first notebook that needs it (15 or 16) trains it, with a
+    message; the next loads it, or continues it when it was interrupted.
+
+    Introduced in notebook 15_language_model_kd.
+
+    Args:
+        cfg: a :class:`kdbook.config.Config`.
+        data: the corpus (:func:`kdbook.text.load_text`).
+
+    Returns:
+        The teacher in eval mode and its history (``history.final["val_bpc"]``).
+    """
+    path = Path(cfg.run_dir) / LM_TEACHER_FILE
+    if not path.is_file():
+        print(
+            f"language-model teacher: training {cfg.lm_teacher} ({cfg.lm_teacher_epochs} passes "
+            f"over the text, context {cfg.lm_context}), saving to {path}"
+        )
+    torch.manual_seed(cfg.seed)
+    teacher = build_model(cfg.lm_teacher, data, context=cfg.lm_context)
+    history = fit_lm(
+        teacher,
+        data,
+        num_epochs=cfg.lm_teacher_epochs,
+        lr=cfg.lm_lr,
+        device=cfg.device,
+        seed=cfg.seed,
+        checkpoint=path,
+        progress=progress,
+        desc=f"teacher {cfg.lm_teacher}",
+        hooks=[TimeEstimate()],
+    )
+    return teacher.eval(), history

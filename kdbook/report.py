@@ -150,6 +150,17 @@ def _merge_metrics(
     return config, list(models.values()), list(comparisons.values())
 
 
+def _lm_comparisons(metrics: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The language-model comparison rows (``"lm_comparisons"``, bits per character) of
+    every notebook's metrics, each with its ``notebook``."""
+    return [
+        {"notebook": notebook, **row}
+        for notebook, data in metrics.items()
+        for row in data.get("lm_comparisons") or []
+        if isinstance(row, dict)
+    ]
+
+
 def _figures(run_dir: Path) -> list[str]:
     """The image files under ``run_dir/figures``, relative to ``run_dir``, sorted."""
     return sorted(
@@ -200,6 +211,7 @@ def write_results(
         "notebooks": nb_status,
         "models": models,
         "comparisons": comparisons,
+        "lm_comparisons": _lm_comparisons(metrics),
         "metrics": metrics,
         "figures": _figures(run_dir),
     }
@@ -334,6 +346,33 @@ def _comparison_lines(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
     )
 
 
+def _lm_comparison_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    intro = [
+        "Language-model students in bits per character on the test text (lower is better), as",
+        "each notebook finally reported them; mean ± 95% interval over seeds from the same",
+        "initial weights; bits saved: the student alone's minus the method's, seed by seed.",
+        "",
+    ]
+    return intro + _table(
+        ["notebook", "method", "seeds", "bits per character", "bits saved", "verdict", "diverged"],
+        [
+            [
+                r.get("notebook", ""),
+                r.get("method"),
+                r.get("num_seeds"),
+                format_interval(r.get("bpc_mean"), r.get("bpc_ci95"), unit="", digits=3),
+                "(reference)" if r.get("saved_mean") is None else format_interval(
+                    r.get("saved_mean"), r.get("saved_ci95"), signed=True, unit="", digits=3),
+                r.get("verdict") or "",
+                ", ".join(f"seed {x}" for x in r.get("diverged") or []),
+            ]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+
 def _notebook_lines(notebooks: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if not notebooks:
         return []
@@ -356,6 +395,12 @@ def render_summary(results: Mapping[str, Any], run_dir: str | Path | None = None
         _comparison_lines(results.get("comparisons") or []),
         "No comparison was reported.",
     )
+    if results.get("lm_comparisons"):
+        lines += _section(
+            "Language models: does distillation help?",
+            _lm_comparison_lines(results["lm_comparisons"]),
+            "",
+        )
     lines += _section(
         "Notebooks",
         _notebook_lines(results.get("notebooks") or {}),

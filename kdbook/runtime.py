@@ -158,13 +158,21 @@ def choose_threads(*models: nn.Module, data: Any, batch_size: int) -> int:
     """
     if next(models[0].parameters()).device.type != "cpu":
         return torch.get_num_threads()
+    shape = (data.in_channels, data.image_size, data.image_size)
+    return threads_for_flops(models[0], lambda: step_flops(models, shape, batch_size))
+
+
+def threads_for_flops(model: nn.Module, flops: Callable[[], int]) -> int:
+    """Set torch's intra-op threads for a CPU run whose step's forward work is ``flops()``
+    (called only under ``"auto"``): :func:`choose_threads`'s rule, for any model (the
+    language models' :func:`kdbook.train.fit_lm` counts its own). Returns the number set."""
+    if next(model.parameters()).device.type != "cpu":
+        return torch.get_num_threads()
     cores = available_cores()  # read before the first change: torch's own default
     if _policy != "auto":
         threads = int(_policy)
     else:
-        shape = (data.in_channels, data.image_size, data.image_size)
-        small = step_flops(models, shape, batch_size) < ONE_THREAD_FLOPS
-        threads = 1 if small else cores
+        threads = 1 if flops() < ONE_THREAD_FLOPS else cores
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
@@ -340,6 +348,7 @@ def _count(
     for name, value in logs.items():
         value = value.item() if isinstance(value, torch.Tensor) else value
         result.logs[name] = result.logs.get(name, 0.0) + value * n
-    result.correct += (logits.argmax(1)[labelled] == y[labelled]).sum().item()
+    # logits [N, C] and labels [N], or a language model's [N, L, V] and [N, L] (per token)
+    result.correct += (logits.argmax(-1)[labelled] == y[labelled]).sum().item()
     result.seen += n
     result.labelled += int(labelled.sum())

@@ -59,19 +59,21 @@ def format_interval(
     signed: bool = False,
     unit: str = " %",
     within: tuple[float, float] | None = None,
+    digits: int = 1,
 ) -> str:
     """Format a percentage and its 95% half-width: (93.42, 1.5) -> '93.4 ± 1.5 %'.
 
     ``within``: the range the quantity lives in (:data:`ACCURACY_RANGE` for an accuracy);
     an interval that runs past it says so: '62.6 ± 112.5 % (too few seeds to say)'.
+    ``digits``: decimals (3 for bits per character).
     """
     m = finite(mean)
     if m is None:
         return MISSING
-    text = f"{m:+.1f}" if signed else f"{m:.1f}"
+    text = f"{m:+.{digits}f}" if signed else f"{m:.{digits}f}"
     c = finite(ci95)
     if c is not None:
-        text += f" ± {c:.1f}"
+        text += f" ± {c:.{digits}f}"
     text += unit
     if c is not None and within is not None and (m - c < within[0] or m + c > within[1]):
         text += f" ({TOO_FEW_SEEDS})"

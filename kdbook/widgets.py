@@ -42,7 +42,7 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- wiring
 
 
-def _show(fig: Figure) -> None:
+def show_figure(fig: Figure) -> None:
     """Display ``fig`` in the current output (the explorer's Output widget), then close it."""
     from IPython.display import display
 
@@ -50,7 +50,7 @@ def _show(fig: Figure) -> None:
     plt.close(fig)
 
 
-def _explorer(
+def explorer(
     controls: Mapping[str, Any],
     compute: Callable[..., Any],
     draw: Callable[[Any], Figure],
@@ -77,14 +77,14 @@ def _explorer(
         box.redraw_seconds.append(time.perf_counter() - start)
         if describe is not None:
             print(describe(view))
-        _show(fig)
+        show_figure(fig)
 
     output = widgets.interactive_output(update, dict(controls))
     box.children = [widgets.HBox(list(controls.values())), output]
     return box
 
 
-def _slider(name: str, values: Sequence[float], value: float, description: str):
+def selection_slider(name: str, values: Sequence[float], value: float, description: str):
     import ipywidgets as widgets
 
     if not values:
@@ -207,8 +207,8 @@ def temperature_explorer(
         An ipywidgets box (display it; ``.controls``, ``.view``, ``.redraw_seconds``).
     """
     temperatures = [float(t) for t in temperatures]
-    return _explorer(
-        {"temperature": _slider("temperature", temperatures, float(temperature), "T")},
+    return explorer(
+        {"temperature": selection_slider("temperature", temperatures, float(temperature), "T")},
         lambda temperature: temperature_view(teacher_logits, student_logits, temperature),
         lambda view: draw_temperature(view, classes, labels=labels),
         describe_temperature,
@@ -366,10 +366,10 @@ def loss_explorer(
     """
     temperatures = [float(t) for t in temperatures]
     alphas = [float(a) for a in alphas]
-    return _explorer(
+    return explorer(
         {
-            "temperature": _slider("temperature", temperatures, float(temperature), "T"),
-            "alpha": _slider("alpha", alphas, float(alpha), "alpha"),
+            "temperature": selection_slider("temperature", temperatures, float(temperature), "T"),
+            "alpha": selection_slider("alpha", alphas, float(alpha), "alpha"),
         },
         lambda temperature, alpha: loss_view(
             student_logits,
@@ -567,12 +567,12 @@ def sweep_explorer(
     summary = sweep_summary(table, kd=kd, scratch=scratch)
     temps = sorted({float(t) for t in summary.index.get_level_values("temperature")})
     alphas = sorted({float(a) for a in summary.index.get_level_values("alpha")})
-    return _explorer(
+    return explorer(
         {
-            "temperature": _slider(
+            "temperature": selection_slider(
                 "temperature", temps, temps[0] if temperature is None else float(temperature), "T"
             ),
-            "alpha": _slider(
+            "alpha": selection_slider(
                 "alpha", alphas, alphas[0] if alpha is None else float(alpha), "alpha"
             ),
         },

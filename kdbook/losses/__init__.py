@@ -7,7 +7,12 @@ the docstring.
 - :mod:`kdbook.losses.dkd`: decoupled KD (:func:`dkd_loss`, :class:`DKD`; notebook 13).
 - :mod:`kdbook.losses.features`: hints, attention transfer, token alignment
   (:class:`FeatureKD`; notebooks 09 and 10).
+- :mod:`kdbook.losses.tokens`: per-token forward KL, reverse KL and GKD's generalised JSD over
+  ``[B, L, V]`` logits with a padding mask (:func:`token_kd_loss`, :func:`reverse_kl_loss`,
+  :func:`generalized_jsd_loss`; notebooks 15 and 16).
 - :mod:`kdbook.losses.buggy`: the sources' buggy variants (notebook 08; a teaching aid).
+- :mod:`kdbook.losses.buggy_tokens`: token-level losses written the usual wrong ways (notebook
+  16; a teaching aid).
 
 A new loss is one class::
 
@@ -44,6 +49,15 @@ from kdbook.losses.buggy import (
     kd_loss_source3,
     kd_loss_source4,
 )
+from kdbook.losses.buggy_tokens import (
+    BUGGY_TOKEN_LOSSES,
+    jsd_beta_flipped,
+    token_kd_log_prob_target,
+    token_kd_mask_ignored,
+    token_kd_mask_mean_over_all,
+    token_kd_reversed,
+    token_kd_temperature_student_only,
+)
 from kdbook.losses.dkd import (
     DKD,
     DKD_BETA,
@@ -77,10 +91,26 @@ from kdbook.losses.logit import (
     soft_targets,
     standardize_logits,
 )
+from kdbook.losses.tokens import (
+    JSD_BETA,
+    TokenJSD,
+    TokenKD,
+    TokenReverseKL,
+    TokenTerm,
+    check_jsd_beta,
+    check_token_inputs,
+    generalized_jsd_loss,
+    kept_positions,
+    reverse_kl_loss,
+    token_cross_entropy,
+    token_kd_loss,
+    token_mask,
+)
 
 __all__ = [
     "AttentionTransfer",
     "BUGGY_KD_LOSSES",
+    "BUGGY_TOKEN_LOSSES",
     "CrossEntropy",
     "DKD",
     "DKD_BETA",
@@ -88,6 +118,7 @@ __all__ = [
     "FeatureAdapter",
     "FeatureKD",
     "HintLoss",
+    "JSD_BETA",
     "LogitKD",
     "Outputs",
     "SEBlock",
@@ -95,27 +126,45 @@ __all__ = [
     "TERMS",
     "Term",
     "TokenAlignment",
+    "TokenJSD",
+    "TokenKD",
+    "TokenReverseKL",
+    "TokenTerm",
     "attention_map",
     "attention_transfer_loss",
     "check_beta",
+    "check_jsd_beta",
     "check_logit_shapes",
     "check_schedule",
     "check_temperature_alpha",
+    "check_token_inputs",
     "dkd_loss",
     "dkd_objective",
     "dkd_terms",
     "dkd_warmup_weight",
     "ensemble_logits",
+    "generalized_jsd_loss",
     "hint_loss",
+    "jsd_beta_flipped",
     "kd_loss",
     "kd_loss_alpha_on_ce",
     "kd_loss_source3",
     "kd_loss_source4",
+    "kept_positions",
     "list_terms",
     "register_term",
+    "reverse_kl_loss",
     "setting",
     "soft_kd_term",
     "soft_targets",
     "standardize_logits",
+    "token_cross_entropy",
+    "token_kd_log_prob_target",
+    "token_kd_loss",
+    "token_kd_mask_ignored",
+    "token_kd_mask_mean_over_all",
+    "token_kd_reversed",
+    "token_kd_temperature_student_only",
+    "token_mask",
     "tokens_to_map",
 ]
