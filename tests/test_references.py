@@ -46,6 +46,8 @@ METHODS = {
     r"capacity gap": "1910.01348",
     r"teacher assistant": "1902.03393",
     r"fidelity": "2106.05945",
+    r"MiniLLM": "2306.08543",
+    r"\bGKD\b|on-policy distillation": "2306.13649",
 }
 VENUES = "CVPR|ICCV|ECCV|ICLR|ICML|NeurIPS|NIPS|AAAI"
 SOURCE_MENTION = re.compile(r"\b[Ss]ources? (\d)((?:(?:, | and | or |-|/)\d)*)")
