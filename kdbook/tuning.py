@@ -339,19 +339,38 @@ def tune(
             "diverged": failed, "per_seed": scores.tolist(), "chosen": False,
         })  # fmt: skip
     trials = pd.DataFrame(rows)
-    chosen, unchosen = {}, {}
-    for method in methods:
-        mine = trials[(trials["method"] == method.name) & (trials["diverged"] == 0)]
-        if mine.empty:
-            unchosen[method.name] = f"none: diverged at every one of its {budget} settings"
-            continue
-        best = mine["val_mean"].idxmax()  # the first of equals: the draw's order
-        trials.loc[best, "chosen"] = True
-        chosen[method.name] = drawn[method.name][_position(trials, best)]
+    chosen, unchosen = choose_on_validation(trials, drawn, budget, "val_mean")
     return Tuning(
         list(methods), trials, chosen, unchosen, budget, seeds, student, data, dict(fit_kwargs),
         setting,
     )  # fmt: skip
+
+
+def choose_on_validation(
+    trials: pd.DataFrame,
+    drawn: Mapping[str, Sequence[dict[str, Any]]],
+    budget: int,
+    score: str,
+    *,
+    lower_is_better: bool = False,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Mark each method's best trial ``chosen`` (the highest ``score``, or the lowest with
+    ``lower_is_better``; a trial with a diverged run is never chosen; the first of equals in
+    the draw's order) and return ``(chosen settings, why a method has none)``.
+
+    ``trials`` has a row per method and setting, in the order of ``drawn[method]``, with the
+    columns ``method``, ``diverged``, ``chosen`` and ``score``.
+    """
+    chosen, unchosen = {}, {}
+    for name in drawn:
+        mine = trials[(trials["method"] == name) & (trials["diverged"] == 0)]
+        if mine.empty:
+            unchosen[name] = f"none: diverged at every one of its {budget} settings"
+            continue
+        best = mine[score].idxmin() if lower_is_better else mine[score].idxmax()
+        trials.loc[best, "chosen"] = True
+        chosen[name] = drawn[name][_position(trials, best)]
+    return chosen, unchosen
 
 
 def _position(trials: pd.DataFrame, row: int) -> int:
