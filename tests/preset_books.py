@@ -43,6 +43,10 @@ SHORT += ["-p", "bench_repeats", "1", "-p", "memory_batch_size", "64", "-p", "ch
 SHORT += ["-p", "ddp_epochs", "2", "-p", "cache_views", "2", "-p", "bench_batch_size", "16"]
 SHORT += ["-p", "hint_steps", "30", "-p", "selection_seeds", "3"]  # 08's two demos, shorter
 SHORT += ["-p", "tuning_budget", "1", "-p", "tuning_seeds", "1"]
+# 15's language models: one pass of the teacher and the students at context 32, few windows
+SHORT += ["-p", "lm_teacher_epochs", "1", "-p", "lm_epochs", "1", "-p", "lm_context", "32"]
+SHORT += ["-p", "lm_windows", "128", "-p", "seq_kd_windows", "64", "-p", "kl_windows", "16"]
+SHORT += ["-p", "sample_chars", "40"]
 SHORT += ["-p", "gkd_steps", "20", "-p", "teacher_steps", "40", "-p", "mc_samples", "200"]  # 16
 
 

@@ -17,6 +17,10 @@ import kdbook.bench.run as bench  # where run_bench looks its batch helpers up
 from kdbook.bench import (
     CACHED,
     KDBOOK,
+    LM_CACHED,
+    LM_KD,
+    LM_PLAIN,
+    LM_STACKED,
     SEED_STYLE,
     TEACHER_ALONE,
     PILDataset,
@@ -71,6 +75,20 @@ def test_cache_replays_the_teachers_view_with_augmentation(smoke) -> None:
     assert "kdbook + cached logits" in table and "same recipe" in table
     assert "SYNTHETIC" not in table and " NO" not in table
     assert "yes (1 stored view per image, not a fresh one per step)" in table
+
+
+def test_the_language_model_lines_are_timed_against_the_plain_step(smoke) -> None:
+    """15's token-KD step (teacher live, logits cached) and students under vmap, each as a
+    ratio to the student's plain step measured in the same run."""
+    assert [p.name for p in smoke.lm] == [LM_PLAIN, LM_KD, LM_CACHED, LM_STACKED]
+    for p in smoke.lm:
+        assert p.images == 3 * 32 * 64 and p.images_per_s > 0  # characters: 3 steps x 32 x 64
+        assert len(p.losses) == 3 and all(math.isfinite(v) for v in p.losses)
+    assert smoke.lm[0].ratio == 1.0 and all(p.ratio > 0 for p in smoke.lm)
+    s = smoke.settings
+    assert (s["lm_teacher"], s["lm_student"]) == ("char_small", "char_tiny")
+    assert [r["name"] for r in smoke.to_dict()["lm"]] == [p.name for p in smoke.lm]
+    assert "language models (15)" in smoke.table()
 
 
 def test_teacher_alone_is_timed_apart_without_a_ratio(smoke) -> None:

@@ -25,7 +25,8 @@ from kdbook.models import list_models
 @pytest.mark.parametrize("preset", ["classroom", "glyphs", "cifar10"])
 def test_none_resolves_from_preset(preset):
     cfg = make_config(preset)
-    for name, value in PRESETS[preset].items():
+    sizes = PRESETS[preset] | cpu_sizes(preset, None)  # a preset's CPU sizes on a CPU
+    for name, value in sizes.items():
         expected = resolve_device(value) if name == "device" else value  # 'auto' resolved once
         assert getattr(cfg, name) == expected, name
     assert cfg.preset == preset

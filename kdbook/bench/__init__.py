@@ -4,6 +4,8 @@ sequential ones.
 - :mod:`kdbook.bench.run`: :func:`run_bench`, the three paths timed side by side.
 - :mod:`kdbook.bench.data`: the sources' data path and a synthetic CIFAR-10.
 - :mod:`kdbook.bench.result`: what is measured (:class:`BenchResult`, the table).
+- :mod:`kdbook.bench.lm`: the language-model lines (15's KD step against the plain step,
+  students side by side under vmap).
 - :mod:`kdbook.bench.runs`: ``kdbook bench --seeds/--threads`` (whole runs, stacked or not).
 """
 
@@ -18,6 +20,13 @@ from kdbook.bench.data import (
     bench_data,
     seed_style_loader,
     synthetic_cifar10,
+)
+from kdbook.bench.lm import (
+    LM_CACHED,
+    LM_KD,
+    LM_PLAIN,
+    LM_STACKED,
+    lm_paths,
 )
 from kdbook.bench.result import (
     CACHED,
@@ -54,6 +63,10 @@ __all__ = [
     "DEFAULT_STEPS",
     "DEFAULT_WARMUP",
     "KDBOOK",
+    "LM_CACHED",
+    "LM_KD",
+    "LM_PLAIN",
+    "LM_STACKED",
     "PILDataset",
     "PathResult",
     "RunsBench",
@@ -67,6 +80,7 @@ __all__ = [
     "bench_seeds",
     "bench_threads",
     "busy_neighbour",
+    "lm_paths",
     "run_bench",
     "save_bench",
     "seed_style_loader",

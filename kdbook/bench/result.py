@@ -56,6 +56,7 @@ class BenchResult:
     settings: dict[str, Any]
     paths: list[PathResult]
     teacher_alone: PathResult | None = None  # the teacher's training throughput
+    lm: list[PathResult] = field(default_factory=list)  # chapter 15's steps (kdbook.bench.lm)
 
     def path(self, name: str) -> PathResult:
         """The result of the path called ``name`` (``SEED_STYLE``, ``KDBOOK``, ``CACHED``)."""
@@ -77,7 +78,13 @@ class BenchResult:
             teacher = asdict(self.teacher_alone)
             teacher.pop("losses")
             teacher["images_per_s"] = self.teacher_alone.images_per_s
-        return {"settings": self.settings, "paths": rows, "teacher_alone": teacher}
+        lm = []
+        for p in self.lm:
+            row = asdict(p)
+            row.pop("losses")
+            row["chars_per_s"] = p.images_per_s  # a language model's "images" are characters
+            lm.append(row)
+        return {"settings": self.settings, "paths": rows, "teacher_alone": teacher, "lm": lm}
 
     def table(self) -> str:
         """The settings and one line per path, as plain text."""
@@ -111,9 +118,19 @@ class BenchResult:
             peak = t.peak_device_mb if t.peak_device_mb is not None else t.peak_host_mb
             peak_text = "n/a" if peak is None else f"{peak:.0f}"
             lines.append(f"{t.name:<24} {t.images_per_s:>10.0f} {'-':>7} {peak_text:>8}  -")
+        if self.lm:
+            lines += ["", f"language models (15): teacher {s['lm_teacher']}, student "
+                      f"{s['lm_student']}, batch {s['lm_batch']} windows of {s['lm_context']} "
+                      "characters, the same steps and rounds",
+                      f"{'line':<24} {'chars/s':>10} {'x alone':>7} {'peak MB':>8}"]  # fmt: skip
+            for p in self.lm:
+                peak = p.peak_device_mb if p.peak_device_mb is not None else p.peak_host_mb
+                peak_text = "n/a" if peak is None else f"{peak:.0f}"
+                rate = f"{p.images_per_s:>10.0f} {p.ratio:>6.2f}x"
+                lines.append(f"{p.name:<24} {rate} {peak_text:>8}")
         lines.append("")
         lines.append(f"peak MB: {s['memory_note']}")
-        notes = [*self.paths, *([t] if t is not None else [])]
+        notes = [*self.paths, *([t] if t is not None else []), *self.lm]
         lines += [f"{p.name}: {p.note}" for p in notes if p.note]
         return "\n".join(lines)
 

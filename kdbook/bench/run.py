@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kdbook.bench.data import SMOKE_STEPS, SMOKE_WARMUP, bench_data, check_preset, seed_style_loader
+from kdbook.bench.lm import lm_paths
 from kdbook.bench.result import (
     CACHED,
     KDBOOK,
@@ -252,7 +253,8 @@ def _run(
     settings |= {"repeats": repeats, "num_workers": num_workers}
     settings["cache_views"] = 0 if from_cache.source.cache.views is None else 1
     settings["cache_seconds"] = cache_seconds
-    return BenchResult(settings, results, teacher_alone)
+    lm, lm_settings = lm_paths(preset, dev, steps, warmup, repeats, seed)
+    return BenchResult(settings | lm_settings, results, teacher_alone, lm)
 
 
 def _cached_path(
