@@ -29,7 +29,7 @@ from kdbook.compare import SCRATCH
 from kdbook.paired_runs import first_layer_norm
 from kdbook.stats import finite_mean_ci, method_verdict
 from kdbook.train.on_policy import SequenceTask, fit_on_policy
-from kdbook.tuning import Method, describe, draw
+from kdbook.tuning import Method, choose_on_validation, describe, draw
 
 Measure = Callable[[nn.Module], Mapping[str, float]]
 
@@ -194,15 +194,8 @@ def tune_sequences(
             scores = runs.rows.loc[runs.rows["run"] == run, "val_score"] if not failed else []
             trials.append({"method": method.name, "setting": describe(choice),
                            "val_score": float(pd.Series(scores).mean()) if not failed else math.nan,
-                           "diverged": failed, "chosen": False, "index": i})  # fmt: skip
+                           "diverged": failed, "chosen": False})  # fmt: skip
     table = pd.DataFrame(trials)
-    chosen, unchosen = {}, {}
-    for method in methods:
-        mine = table[(table["method"] == method.name) & (table["diverged"] == 0)]
-        if mine.empty:
-            unchosen[method.name] = f"none: diverged at every one of its {budget} settings"
-            continue
-        best = mine["val_score"].idxmin()  # the first of equals: the draw's order
-        table.loc[best, "chosen"] = True
-        chosen[method.name] = {**method.recipe, **drawn[method.name][int(table.loc[best, "index"])]}
-    return SequenceTuning(table.drop(columns="index"), chosen, unchosen, budget, list(seeds))
+    chosen, unchosen = choose_on_validation(table, drawn, budget, "val_score", lower_is_better=True)
+    recipes = {m.name: {**m.recipe, **chosen[m.name]} for m in methods if m.name in chosen}
+    return SequenceTuning(table, recipes, unchosen, budget, list(seeds))

@@ -91,31 +91,35 @@ class HiddenMarkovLanguage(nn.Module):
                 belief = belief @ self.transition
             out.append((belief @ self.emission).log())
         logits = torch.stack(out, dim=1)
-        bos = torch.full((b, length, 1), NO_MASS, dtype=logits.dtype)
+        bos = torch.full((b, length, 1), NO_MASS, dtype=logits.dtype, device=logits.device)
         return torch.cat([logits, bos], dim=-1)
 
     def log_prob(self, sequences: torch.Tensor) -> torch.Tensor:
         """The exact log-probability ``[N]`` (float64) of each sequence ``[N, length]``."""
         check_sequences(sequences, self.vocab_size, self.length)
+        sequences = sequences.to(self.initial.device)
         alpha = self.initial * self.emission[:, sequences[:, 0]].T  # forward algorithm
-        log_scale = torch.zeros(len(sequences), dtype=torch.float64)
+        log_scale = torch.zeros(len(sequences), dtype=torch.float64, device=sequences.device)
         for pos in range(1, self.length):
             alpha = (alpha @ self.transition) * self.emission[:, sequences[:, pos]].T
             total = alpha.sum(-1, keepdim=True)
             log_scale += total.squeeze(-1).log()
             alpha = alpha / total
-        return log_scale + alpha.sum(-1).log()
+        return (log_scale + alpha.sum(-1).log()).cpu()
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` sequences ``[n, length]`` drawn from the language (ancestral sampling)."""
         _check_int("n", n, 1)
-        h = torch.multinomial(self.initial.expand(n, -1), 1, generator=generator).squeeze(1)
+        initial, transition, emission = (
+            b.cpu() for b in (self.initial, self.transition, self.emission)
+        )
+        h = torch.multinomial(initial.expand(n, -1), 1, generator=generator).squeeze(1)
         tokens = []
         for pos in range(self.length):
             if pos > 0:
-                h = torch.multinomial(self.transition[h], 1, generator=generator).squeeze(1)
-            tokens.append(torch.multinomial(self.emission[h], 1, generator=generator).squeeze(1))
-        return torch.stack(tokens, dim=1)
+                h = torch.multinomial(transition[h], 1, generator=generator).squeeze(1)
+            tokens.append(torch.multinomial(emission[h], 1, generator=generator).squeeze(1))
+        return torch.stack(tokens, dim=1)  # on the CPU, as the generator
 
 
 def make_language(
@@ -192,9 +196,16 @@ def with_bos(sequences: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.cat([bos, sequences[:, :-1]], dim=1)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters (or, for the language, its buffers) are."""
+    return next(iter([*model.parameters(), *model.buffers()])).device
+
+
 def next_token_logits(model: nn.Module, sequences: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """``[N, L, vocab_size]``: position l's logits over the real tokens for token l of each
-    sequence (BOS's logit dropped, so a softmax renormalises over the real tokens)."""
+    sequence (BOS's logit dropped, so a softmax renormalises over the real tokens), on the
+    model's device (the sequences are moved there)."""
+    sequences = sequences.to(model_device(model))
     return model(with_bos(sequences, vocab_size))[..., :vocab_size]
 
 
@@ -204,8 +215,8 @@ def sequence_log_probs(
     """``log p_model(x)`` ``[N]`` (float64) of each sequence, summed over its tokens."""
     out = []
     for chunk in sequences.split(batch_size):
-        logits = next_token_logits(model, chunk, vocab_size).double()
-        log_p = F.log_softmax(logits, dim=-1).gather(-1, chunk[..., None]).squeeze(-1)
+        logits = next_token_logits(model, chunk, vocab_size).double().cpu()
+        log_p = F.log_softmax(logits, dim=-1).gather(-1, chunk.cpu()[..., None]).squeeze(-1)
         out.append(log_p.sum(-1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
@@ -225,10 +236,10 @@ def sample_sequences(
     if not (isinstance(temperature, int | float) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if isinstance(model, HiddenMarkovLanguage) and temperature == 1:
-        return model.sample(n, generator)
+        return model.sample(n, generator).to(model_device(model))
     was_training = model.training
     model.eval()
-    device = next(iter(model.buffers()), next(iter(model.parameters()), None)).device
+    device = model_device(model)
     try:
         tokens = torch.full((n, 1), vocab_size, dtype=torch.long, device=device)
         for _ in range(length):

@@ -344,7 +344,8 @@ def tune(
             "method": name, "setting": describe(choice), "val_mean": mean, "val_ci95": ci,
             "diverged": failed, "per_seed": scores.tolist(), "chosen": False,
         })  # fmt: skip
-    trials, chosen, unchosen = _choose(methods, rows, drawn, budget)
+    trials = pd.DataFrame(rows)
+    chosen, unchosen = choose_on_validation(trials, drawn, budget, "val_mean")
     return Tuning(
         list(methods), trials, chosen, unchosen, budget, seeds, student, data, dict(fit_kwargs),
         setting,
@@ -428,26 +429,36 @@ def tune_procedure(
             "diverged": failed, "per_seed": scores, "chosen": False,
         })  # fmt: skip
     bar.close()
-    trials, chosen, unchosen = _choose([method], rows, drawn, budget)
+    trials = pd.DataFrame(rows)
+    chosen, unchosen = choose_on_validation(trials, drawn, budget, "val_mean")
     return Tuning([method], trials, chosen, unchosen, budget, seeds, "", data, {}, setting)
 
 
-def _choose(
-    methods: Sequence[Method], rows: list[dict[str, Any]], drawn: dict, budget: int
-) -> tuple[pd.DataFrame, dict[str, dict[str, Any]], dict[str, str]]:
-    """The trials table with each method's best setting on validation marked (the first of
-    equals, in the draw's order; never a setting with a diverged run)."""
-    trials = pd.DataFrame(rows)
+def choose_on_validation(
+    trials: pd.DataFrame,
+    drawn: Mapping[str, Sequence[dict[str, Any]]],
+    budget: int,
+    score: str,
+    *,
+    lower_is_better: bool = False,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Mark each method's best trial ``chosen`` (the highest ``score``, or the lowest with
+    ``lower_is_better``; a trial with a diverged run is never chosen; the first of equals in
+    the draw's order) and return ``(chosen settings, why a method has none)``.
+
+    ``trials`` has a row per method and setting, in the order of ``drawn[method]``, with the
+    columns ``method``, ``diverged``, ``chosen`` and ``score``.
+    """
     chosen, unchosen = {}, {}
-    for method in methods:
-        mine = trials[(trials["method"] == method.name) & (trials["diverged"] == 0)]
+    for name in drawn:
+        mine = trials[(trials["method"] == name) & (trials["diverged"] == 0)]
         if mine.empty:
-            unchosen[method.name] = f"none: diverged at every one of its {budget} settings"
+            unchosen[name] = f"none: diverged at every one of its {budget} settings"
             continue
-        best = mine["val_mean"].idxmax()
+        best = mine[score].idxmin() if lower_is_better else mine[score].idxmax()
         trials.loc[best, "chosen"] = True
-        chosen[method.name] = drawn[method.name][_position(trials, best)]
-    return trials, chosen, unchosen
+        chosen[name] = drawn[name][_position(trials, best)]
+    return chosen, unchosen
 
 
 def _position(trials: pd.DataFrame, row: int) -> int:

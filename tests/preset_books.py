@@ -47,6 +47,7 @@ SHORT += ["-p", "tuning_budget", "1", "-p", "tuning_seeds", "1"]
 SHORT += ["-p", "lm_teacher_epochs", "1", "-p", "lm_epochs", "1", "-p", "lm_context", "32"]
 SHORT += ["-p", "lm_windows", "128", "-p", "seq_kd_windows", "64", "-p", "kl_windows", "16"]
 SHORT += ["-p", "sample_chars", "40"]
+SHORT += ["-p", "gkd_steps", "20", "-p", "teacher_steps", "40", "-p", "mc_samples", "200"]  # 16
 
 
 def _picture(

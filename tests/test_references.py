@@ -47,6 +47,8 @@ METHODS = {
     r"teacher assistant": "1902.03393",
     r"fidelity": "2106.05945",
     r"sequence-level KD": "1606.07947",
+    r"MiniLLM": "2306.08543",
+    r"\bGKD\b|on-policy distillation": "2306.13649",
 }
 VENUES = "CVPR|ICCV|ECCV|ICLR|ICML|NeurIPS|NIPS|AAAI|EMNLP"
 SOURCE_MENTION = re.compile(r"\b[Ss]ources? (\d)((?:(?:, | and | or |-|/)\d)*)")

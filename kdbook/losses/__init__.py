@@ -104,6 +104,7 @@ from kdbook.losses.tokens import (
     reverse_kl_loss,
     token_cross_entropy,
     token_kd_loss,
+    token_log_probs,
     token_mask,
 )
 
@@ -165,6 +166,7 @@ __all__ = [
     "token_kd_mask_mean_over_all",
     "token_kd_reversed",
     "token_kd_temperature_student_only",
+    "token_log_probs",
     "token_mask",
     "tokens_to_map",
 ]

@@ -70,6 +70,19 @@ def kept_positions(
     return student_logits[keep], teacher_logits[keep]
 
 
+def token_log_probs(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log_softmax(z / T)`` of the student and the teacher at the kept positions, ``[N, V]``
+    each (every input checked first)."""
+    check_temperature_alpha(temperature)
+    s, t = kept_positions(student_logits, teacher_logits, mask)
+    return F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1)
+
+
 def kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """``KL(p || q) = sum_v p_v (log p_v - log q_v)`` for each row of log-probabilities."""
     return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
@@ -105,10 +118,7 @@ def token_kd_loss(
     Returns:
         A scalar tensor.
     """
-    check_temperature_alpha(temperature)
-    s, t = kept_positions(student_logits, teacher_logits, mask)
-    log_s = F.log_softmax(s / temperature, dim=-1)
-    log_t = F.log_softmax(t / temperature, dim=-1)
+    log_s, log_t = token_log_probs(student_logits, teacher_logits, mask, temperature)
     return temperature**2 * mean_over_rows(kl_rows(log_t, log_s))
 
 
@@ -128,10 +138,7 @@ def reverse_kl_loss(
     arXiv:2306.08543; MiniLLM minimises the sequence-level reverse KL by policy gradient, this
     is its per-token form). Masking, mean and ``T^2`` as :func:`token_kd_loss`.
     """
-    check_temperature_alpha(temperature)
-    s, t = kept_positions(student_logits, teacher_logits, mask)
-    log_s = F.log_softmax(s / temperature, dim=-1)
-    log_t = F.log_softmax(t / temperature, dim=-1)
+    log_s, log_t = token_log_probs(student_logits, teacher_logits, mask, temperature)
     return temperature**2 * mean_over_rows(kl_rows(log_s, log_t))
 
 
@@ -167,10 +174,7 @@ def generalized_jsd_loss(
         The rest as :func:`token_kd_loss`.
     """
     check_jsd_beta(beta)
-    check_temperature_alpha(temperature)
-    s, t = kept_positions(student_logits, teacher_logits, mask)
-    log_s = F.log_softmax(s / temperature, dim=-1)
-    log_t = F.log_softmax(t / temperature, dim=-1)
+    log_s, log_t = token_log_probs(student_logits, teacher_logits, mask, temperature)
     if beta == 0:
         return mean_over_rows(kl_rows(log_t, log_s))
     if beta == 1:
