@@ -86,10 +86,8 @@ def check_methods(methods: Sequence[Method], budget: int) -> None:
     """Raise ValueError, in one line naming it, for a budget below 1, a method without a
     space large enough for the budget, a setting neither ``fit`` nor the recipe accepts, or
     a value out of range (``fit``'s declared checks; the recipe's own on every value)."""
-    from kdbook.config import check_params
 
-    if not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1):
-        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    check_budget(budget)
     names = [m.name for m in methods]
     if not methods or len(set(names)) != len(names):
         raise ValueError(f"methods must be one or more with distinct names, got {names}")
@@ -100,26 +98,45 @@ def check_methods(methods: Sequence[Method], budget: int) -> None:
         accepted = set(fit_keywords)
         if callable(method.recipe):
             accepted |= set(inspect.signature(method.recipe).parameters)
-        for name, values in method.space.items():
-            if name not in accepted:
-                raise ValueError(
-                    f"{method.name}: unknown setting {name!r} in its search space; accepted: "
-                    f"fit's keywords (lr, temperature, alpha, ...) or its recipe's parameters"
-                )
-            if isinstance(values, str) or not isinstance(values, Sequence) or not values:
-                raise ValueError(
-                    f"{method.name}: setting {name!r} must list one or more values, got {values!r}"
-                )
-            for value in values:
-                check_params({name: value})
-        size = len(method.settings())
-        if size < budget:
-            raise ValueError(
-                f"{method.name}: its search space has {size} settings, fewer than the budget "
-                f"{budget}: add values or lower the budget"
-            )
+        check_space(
+            method,
+            budget,
+            accepted,
+            "fit's keywords (lr, temperature, alpha, ...) or its recipe's parameters",
+        )
         for setting in method.settings():  # the recipe's own checks, before any training
             method.fit_arguments(setting)
+
+
+def check_budget(budget: Any) -> None:
+    """Raise ValueError unless ``budget`` is an integer >= 1."""
+    if not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1):
+        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+
+
+def check_space(method: Method, budget: int, accepted: set[str], what: str) -> None:
+    """Raise ValueError, naming the method, for a setting outside ``accepted`` (``what``
+    says which names those are), a setting without values, a value out of its declared
+    range, or a space with fewer settings than the budget."""
+    from kdbook.config import check_params
+
+    for name, values in method.space.items():
+        if name not in accepted:
+            raise ValueError(
+                f"{method.name}: unknown setting {name!r} in its search space; accepted: {what}"
+            )
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise ValueError(
+                f"{method.name}: setting {name!r} must list one or more values, got {values!r}"
+            )
+        for value in values:
+            check_params({name: value})
+    size = len(method.settings())
+    if size < budget:
+        raise ValueError(
+            f"{method.name}: its search space has {size} settings, fewer than the budget "
+            f"{budget}: add values or lower the budget"
+        )
 
 
 def draw(method: Method, budget: int) -> list[dict[str, Any]]:
@@ -379,31 +396,13 @@ def tune_procedure(
         ValueError: a budget below 1, an empty or too small space, or a setting ``train``
             does not take, before any training.
     """
-    from kdbook.config import check_params
     from kdbook.evaluate import accuracy, predict
     from kdbook.paired_runs import chance_accuracy, diverged
 
     method = Method(name, space)
-    if not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1):
-        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
-    accepted = set(inspect.signature(train).parameters)
-    for key, values in space.items():
-        if key not in accepted:
-            raise ValueError(
-                f"{name}: unknown setting {key!r} in its search space; accepted: "
-                f"{sorted(accepted - {'seeds'})}"
-            )
-        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
-            raise ValueError(
-                f"{name}: setting {key!r} must list one or more values, got {values!r}"
-            )
-        for value in values:
-            check_params({key: value})
-    if len(method.settings()) < budget:
-        raise ValueError(
-            f"{name}: its search space has {len(method.settings())} settings, fewer than the "
-            f"budget {budget}: add values or lower the budget"
-        )
+    check_budget(budget)
+    accepted = set(inspect.signature(train).parameters) - {"seeds"}
+    check_space(method, budget, accepted, f"{sorted(accepted)}")
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds must name at least one tuning seed, got []")
