@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from kdbook.checkpoint import History
 from kdbook.config import resolve_device
 from kdbook.losses.tokens import check_jsd_beta, generalized_jsd_loss, token_cross_entropy
-from kdbook.runtime import ONE_THREAD_FLOPS, OPTIMIZERS, Runtime, available_cores
+from kdbook.runtime import OPTIMIZERS, Runtime, threads_for_flops
 
 LMBDA = 0.5  # TRL GKDConfig's default fraction of on-policy batches
 
@@ -64,10 +64,43 @@ def check_on_policy(lmbda: Any, beta: Any, temperature: Any, seq_kd: Any, teache
         )
 
 
-def _check_counts(**counts: Any) -> None:
+def _check_run(data: torch.Tensor, *, lr: Any, optimizer: Any, **counts: Any) -> None:
+    """Raise ValueError, naming it, for a count below 1, a bad lr or optimizer, or data that
+    is not a LongTensor of sequences: before any work."""
     for name, value in counts.items():
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not (isinstance(lr, int | float) and lr > 0):
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+    if data.dim() != 2 or data.dtype != torch.long or len(data) < 1:
+        raise ValueError(f"data must be a LongTensor [N, L] of sequences, got {data.dtype} "
+                         f"of shape {tuple(data.shape)}")  # fmt: skip
+
+
+def _next_batch(task, data, student, teacher, lmbda, seq_kd, temperature, batch_size, g):
+    """One step's sequences and whether the student wrote them: drawn from ``data``, or the
+    teacher's samples (``seq_kd``), then with probability ``lmbda`` the student's own."""
+    batch = data[torch.randint(len(data), (batch_size,), generator=g)]
+    if seq_kd:
+        batch = task.sample(teacher, batch_size, g, temperature).to(data.device)
+    on_policy = teacher is not None and float(torch.rand((), generator=g)) < lmbda
+    if on_policy:
+        batch = task.sample(student, batch_size, g, temperature).to(data.device)
+    return batch, on_policy
+
+
+def _record(history, step, sums, sched, seconds, student, evaluate) -> dict[str, Any]:
+    """The history's record of the steps since the last one (``epoch``: its number)."""
+    record = {"epoch": len(history.epochs) + 1, "step": step}
+    record |= {"train_loss": sums["loss"] / sums["count"]}
+    record |= {"on_policy": sums["on_policy"] / sums["count"]}
+    record |= {"lr": sched.get_last_lr()[0], "seconds": seconds}
+    if evaluate is not None:
+        student.eval()
+        record |= evaluate(student)
+    return record
 
 
 def fit_on_policy(
@@ -135,21 +168,14 @@ def fit_on_policy(
     if lmbda is None:
         lmbda = 0.0 if teacher is None else LMBDA
     check_on_policy(lmbda, beta, temperature, seq_kd, teacher)
-    _check_counts(steps=steps, batch_size=batch_size, eval_every=eval_every)
-    if not (isinstance(lr, int | float) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
-    if data.dim() != 2 or data.dtype != torch.long or len(data) < 1:
-        raise ValueError(f"data must be a LongTensor [N, L] of sequences, got {data.dtype} "
-                         f"of shape {tuple(data.shape)}")  # fmt: skip
+    _check_run(data, steps=steps, batch_size=batch_size, eval_every=eval_every, lr=lr,
+               optimizer=optimizer)  # fmt: skip
     runtime = Runtime.create(torch.device(resolve_device(device)), precision)
     models = [student, *([teacher] if teacher is not None else [])]
     runtime.prepare(*models)
-    if runtime.device.type == "cpu":  # as fit: one thread for small models (see runtime)
-        work = 6 * sum(p.numel() for m in models for p in m.parameters()) * data.numel()
-        small = work * batch_size / len(data) < ONE_THREAD_FLOPS
-        torch.set_num_threads(1 if small else available_cores())
+    # as fit: one thread for small models (a step's forward work, about 6 flops a weight a token)
+    weights = sum(p.numel() for m in models for p in m.parameters())
+    threads_for_flops(student, lambda: 6 * weights * data.shape[1] * batch_size)
     if teacher is not None:
         teacher.eval()
     data = data.to(runtime.device)
@@ -174,13 +200,9 @@ def fit_on_policy(
     sums = {"loss": 0.0, "on_policy": 0.0, "count": 0}
     start = time.perf_counter()
     for step in tqdm(range(1, steps + 1), desc=desc or "on-policy", disable=not progress):
-        rows = torch.randint(len(data), (batch_size,), generator=g)
-        batch = data[rows]
-        if seq_kd:
-            batch = task.sample(teacher, batch_size, g, temperature).to(runtime.device)
-        on_policy = teacher is not None and float(torch.rand((), generator=g)) < lmbda
-        if on_policy:
-            batch = task.sample(student, batch_size, g, temperature).to(runtime.device)
+        batch, on_policy = _next_batch(
+            task, data, student, teacher, lmbda, seq_kd, temperature, batch_size, g
+        )
         student.train()
         result = runtime.step(student, loss_fn, (batch, batch, None), opt)
         sched.step()
@@ -191,14 +213,8 @@ def fit_on_policy(
         if not math.isfinite(loss):
             history.settings["diverged"] = f"non-finite loss at step {step}"
         if step % eval_every == 0 or step == steps or not math.isfinite(loss):
-            record = {"epoch": len(history.epochs) + 1, "step": step}  # epoch: record number
-            record |= {"train_loss": sums["loss"] / sums["count"]}
-            record |= {"on_policy": sums["on_policy"] / sums["count"]}
-            record |= {"lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - start}
-            if evaluate is not None:
-                student.eval()
-                record |= evaluate(student)
-            history.epochs.append(record)
+            seconds = time.perf_counter() - start
+            history.epochs.append(_record(history, step, sums, sched, seconds, student, evaluate))
             sums = {"loss": 0.0, "on_policy": 0.0, "count": 0}
             start = time.perf_counter()
         if not math.isfinite(loss):
