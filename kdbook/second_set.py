@@ -90,6 +90,7 @@ def second_set(
     *,
     num_epochs: int | None = None,
     num_seeds: int | None = None,
+    epoch_share: float | None = None,
     progress: bool = False,
 ) -> DataSetSide | None:
     """The second data set of a notebook run on ``cfg``: its own preset's sizes, the run's
@@ -102,6 +103,9 @@ def second_set(
             so does the notebook's own data set (nothing to set beside it). Both print why.
         num_epochs, num_seeds: the notebook's own parameters when it lowers them to fit its
             time (None: the second set's preset's).
+        epoch_share: instead of ``num_epochs``, this share of the preset's epochs (in (0, 1]),
+            to keep the notebook near its time; the line printed says so. The teacher always
+            trains the preset's epochs.
 
     Returns:
         The :class:`DataSetSide`, or None when skipped.
@@ -114,12 +118,22 @@ def second_set(
                 f"second_dataset must be None or a data set such as 'glyphs' or 'digits', "
                 f"got {dataset!r}"
             ) from None
+    if epoch_share is not None and not (
+        isinstance(epoch_share, (int, float)) and 0 < epoch_share <= 1
+    ):
+        raise ValueError(f"epoch_share must be None or a number in (0, 1], got {epoch_share!r}")
     if dataset is None or dataset == cfg.dataset:
         why = "second_dataset is None" if dataset is None else f"this run is on {dataset} already"
         print(f"second data set: none ({why}); the verdicts below are on {cfg.dataset} alone")
         return None
+    preset = dataset_preset(dataset)
+    sizes = PRESETS[preset] | cpu_sizes(preset, cfg.device)
+    why = ""
+    if epoch_share is not None:
+        num_epochs = max(1, round(epoch_share * sizes["num_epochs"]))
+        why = f" ({epoch_share:.0%} of its preset's {sizes['num_epochs']}: this notebook's time)"
     other = make_config(
-        preset=dataset_preset(dataset),
+        preset=preset,
         dataset=dataset,
         seed=cfg.seed,
         device=cfg.device,
@@ -129,7 +143,6 @@ def second_set(
         num_seeds=num_seeds,
     )
     data = load_dataset(dataset)
-    sizes = PRESETS[other.preset] | cpu_sizes(other.preset, other.device)
     teacher, _ = trained_in_run(  # the preset's epochs, whatever the notebook's students get
         other,
         data,
@@ -142,8 +155,9 @@ def second_set(
     side = describe(other, data, teacher)
     print(
         f"second data set {dataset} (preset {other.preset!r}: {other.teacher} -> {other.student}, "
-        f"{other.num_epochs} epochs, {other.num_seeds} seeds, {other.label_fraction:.0%} labels "
-        f"in the few-label setting): teacher test accuracy {side.teacher_accuracy:.1f} %, "
+        f"{other.num_epochs} epochs{why}, {other.num_seeds} seeds, "
+        f"{other.label_fraction:.0%} labels in the few-label setting): "
+        f"teacher test accuracy {side.teacher_accuracy:.1f} %, "
         f"non-target mass at T {NON_TARGET_T:g} {side.non_target_mass:.3f}"
     )
     return side

@@ -43,6 +43,7 @@ SHORT += ["-p", "bench_repeats", "1", "-p", "memory_batch_size", "64", "-p", "ch
 SHORT += ["-p", "ddp_epochs", "2", "-p", "cache_views", "2", "-p", "bench_batch_size", "16"]
 SHORT += ["-p", "hint_steps", "30", "-p", "selection_seeds", "3"]  # 08's two demos, shorter
 SHORT += ["-p", "tuning_budget", "1", "-p", "tuning_seeds", "1"]
+SHORT += ["-p", "second_dataset", "None"]  # 05, 09, 13: their own data set alone, not glyphs too
 
 
 def _picture(

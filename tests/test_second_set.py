@@ -53,7 +53,7 @@ def test_second_set_names_the_parameter_on_bad_input(tmp_path) -> None:
 
 
 def test_second_set_trains_its_teacher_once_at_the_presets_epochs(tmp_path, monkeypatch) -> None:
-    short = {**PRESETS, "classroom": {**PRESETS["classroom"], "num_epochs": 1}}
+    short = {**PRESETS, "classroom": {**PRESETS["classroom"], "num_epochs": 4}}
     monkeypatch.setattr(second_set_module, "PRESETS", short)
     cfg = make_config("glyphs", run_dir=str(tmp_path), num_epochs=1, num_seeds=2)
     side = second_set(cfg, "digits", num_epochs=2, num_seeds=3)
@@ -61,9 +61,13 @@ def test_second_set_trains_its_teacher_once_at_the_presets_epochs(tmp_path, monk
     assert side.cfg.num_epochs == 2 and side.seeds == [0, 1, 2]  # the notebook's own sizes
     assert (tmp_path / "teacher_digits.pt").is_file()
     assert 0 <= side.non_target_mass <= 1 and 0 <= side.teacher_accuracy <= 100
-    again = second_set(cfg, "digits", num_epochs=2, num_seeds=3)  # loaded, not trained again
+    again = second_set(cfg, "digits", epoch_share=0.5)  # loaded, not trained again
     first, second = side.teacher.state_dict(), again.teacher.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
+    assert again.cfg.num_epochs == 2  # half the (patched) preset's 4
+    bad = r"^epoch_share must be None or a number in \(0, 1\], got 0$"
+    with pytest.raises(ValueError, match=bad):
+        second_set(cfg, "digits", epoch_share=0)
 
 
 def _comparison(gains: list[float], other: list[float] | None = None) -> Comparison:
