@@ -178,7 +178,7 @@ def gain(comparison: Comparison, method: str, against: str = SCRATCH) -> dict[st
     return {"gain_mean": mean, "gain_ci95": ci95, "verdict": words}
 
 
-def column(side: DataSetSide, alone: float, verdicts: Mapping[str, Mapping[str, Any]]) -> dict:
+def side_column(side: DataSetSide, alone: float, verdicts: Mapping[str, Mapping[str, Any]]) -> dict:
     """One data set's column of :func:`side_by_side`: the teacher's accuracy and non-target
     mass, the student alone's mean test accuracy ``alone`` and its gap to the teacher, and
     per verdict (:func:`gain`'s dicts, or :meth:`Comparison.row`) its numbers."""
@@ -195,7 +195,7 @@ def column(side: DataSetSide, alone: float, verdicts: Mapping[str, Mapping[str, 
 
 
 def side_by_side(columns: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """The table the notebooks print: one column per data set (:func:`column`), one row per
+    """The table the notebooks print: one column per data set (:func:`side_column`), one row per
     measure and per verdict (``mean ± 95 % interval: words``)."""
     table = {}
     for col in columns:

@@ -18,13 +18,13 @@ from kdbook.second_set import (
     GAP,
     MASS,
     TEACHER,
-    column,
     describe,
     gain,
     non_target_mass,
     omitted_class_runs,
     second_set,
     side_by_side,
+    side_column,
     where_it_shows,
 )
 
@@ -98,8 +98,8 @@ def _side(name: str, teacher_accuracy: float, mass: float):
 
 def test_side_by_side_and_where_it_shows_from_the_numbers() -> None:
     helps, noise = _comparison([2.0, 2.5, 1.5, 2.0]), _comparison([1.0, -1.0, 0.5, -0.5])
-    digits = column(_side("digits", 97.0, 0.12), 95.0, {"KD - alone": noise.row("KD")})
-    glyphs = column(_side("glyphs", 92.0, 0.35), 80.0, {"KD - alone": helps.row("KD")})
+    digits = side_column(_side("digits", 97.0, 0.12), 95.0, {"KD - alone": noise.row("KD")})
+    glyphs = side_column(_side("glyphs", 92.0, 0.35), 80.0, {"KD - alone": helps.row("KD")})
     assert digits[GAP] == pytest.approx(2.0) and glyphs[ALONE] == 80.0
     table = side_by_side([digits, glyphs])
     assert list(table.columns) == ["digits", "glyphs"]
