@@ -238,14 +238,21 @@ def where_it_shows(columns: Sequence[Mapping[str, Any]]) -> list[str]:
             f"± {c['verdicts'][what]['gain_ci95']:.1f}"
             for c in found
         )
+        roomiest = max(found, key=lambda c: c[GAP])["data set"]
         if len(found) < 2:
             where = f"measured on {found[0]['data set']} only"
         elif not shown:
             where = "the interval includes 0 on every data set: the effect shows on none"
         elif len(shown) == len(found):
-            where = "the interval excludes 0 on every data set: it shows on each"
+            largest = max(found, key=lambda c: abs(c["verdicts"][what]["gain_mean"]))
+            where = (
+                f"the interval excludes 0 on every data set: it shows on each, "
+                f"largest on {largest['data set']}"
+            )
         else:
             where = f"it shows on {', '.join(shown)} only"
+            if shown == [roomiest]:
+                where += ", the set whose student alone stays furthest below its teacher"
         sentences.append(f"{what} ({numbers} points): {where}.")
     if len(columns) > 1:
         sentences.append(f"What differs between the sets: {context}.")

@@ -107,12 +107,15 @@ def test_side_by_side_and_where_it_shows_from_the_numbers() -> None:
     assert table.loc["KD - alone", "glyphs"] == "+2.0 ± 0.6: KD helps"
     sentences = where_it_shows([digits, glyphs])
     assert sentences[0] == (
-        "KD - alone (digits +0.0 ± 1.5, glyphs +2.0 ± 0.6 points): it shows on glyphs only."
+        "KD - alone (digits +0.0 ± 1.5, glyphs +2.0 ± 0.6 points): it shows on glyphs only, "
+        "the set whose student alone stays furthest below its teacher."
     )
     glyphs_numbers = "glyphs: teacher 92.0 %, non-target mass 0.350, student alone 12.0 points"
     assert glyphs_numbers in sentences[1]
     both = where_it_shows([glyphs, glyphs])[0]
-    assert both.endswith("the interval excludes 0 on every data set: it shows on each.")
+    assert both.endswith(
+        "the interval excludes 0 on every data set: it shows on each, largest on glyphs."
+    )
     none = where_it_shows([digits, digits])[0]
     assert none.endswith("the effect shows on none.")
     assert where_it_shows([digits]) == [
