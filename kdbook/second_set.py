@@ -234,8 +234,13 @@ def where_it_shows(columns: Sequence[Mapping[str, Any]]) -> list[str]:
         found = [c for c in columns if what in c["verdicts"]]
         shown = [c["data set"] for c in found if _shows(c["verdicts"][what])]
         numbers = ", ".join(
-            f"{c['data set']} {c['verdicts'][what]['gain_mean']:+.1f} "
-            f"± {c['verdicts'][what]['gain_ci95']:.1f}"
+            f"{c['data set']} "
+            + format_interval(
+                c["verdicts"][what]["gain_mean"],
+                c["verdicts"][what]["gain_ci95"],
+                signed=True,
+                unit="",
+            )  # fmt: skip
             for c in found
         )
         roomiest = max(found, key=lambda c: c[GAP])["data set"]
