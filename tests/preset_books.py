@@ -48,6 +48,7 @@ SHORT += ["-p", "lm_teacher_epochs", "1", "-p", "lm_epochs", "1", "-p", "lm_cont
 SHORT += ["-p", "lm_windows", "128", "-p", "seq_kd_windows", "64", "-p", "kl_windows", "16"]
 SHORT += ["-p", "sample_chars", "40"]
 SHORT += ["-p", "gkd_steps", "20", "-p", "teacher_steps", "40", "-p", "mc_samples", "200"]  # 16
+SHORT += ["-p", "second_dataset", "None"]  # 05, 09, 13: their own data set alone, not glyphs too
 
 
 def _picture(
