@@ -121,6 +121,9 @@ class LMRuns:
 
     def measure(self, name: str) -> pd.DataFrame:
         """One value as a table: a row per seed, a column per run (in the recipes' order)."""
+        known = [c for c in self.rows.columns if c not in ("seed", "run")]
+        if name not in known:
+            raise ValueError(f"measure must be one of the runs' values {known}, got {name!r}")
         seeds = pd.unique(self.rows["seed"])
         table = self.rows.pivot(index="seed", columns="run", values=name)
         return table.reindex(index=seeds, columns=self.methods)

@@ -65,6 +65,8 @@ def test_runs_start_alike_verdicts_are_paired_and_diverged_runs_are_named(setup)
     bad = train_lm_recipes(student, on_policy_trainer(broken, data, measure, steps=2, batch_size=4),
                            {SCRATCH: {}}, seeds=[0], progress=False)  # fmt: skip
     assert bad.diverged == {SCRATCH: [0]} and "kl" not in bad.rows.columns  # never measured
+    with pytest.raises(ValueError, match="measure must be one of"):
+        runs.summary(["KL"])
     with pytest.raises(ValueError, match="the student alone"):
         compare_lm(student, train, {"on-policy": recipes["on-policy"]}, seeds=[0])
 
