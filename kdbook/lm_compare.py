@@ -1,24 +1,29 @@
-"""Fair comparisons of language-model students, in bits per character.
+"""Fair comparisons of language-model students, scored where lower is better.
 
-The image chapters' protocol (:mod:`kdbook.tuning`, :mod:`kdbook.compare`) for
-:func:`kdbook.train.fit_lm`: each method (a :class:`kdbook.tuning.Method`: its search space
-over ``lr``, ``temperature``, ``alpha``, and its fixed ``fit_lm`` arguments such as the
-teacher's logits or text) gets the same budget of settings, scored by the mean validation
-bits per character over the tuning seeds (lower is better); the final runs train every
-method at its chosen setting from the same initial weights per seed and read the test split
-once. A run whose training loss went non-finite, or whose validation score is no better
-than guessing every character uniformly (``log2(vocab_size)`` bits), diverged: it is named
-and never averaged. A method's gain is the bits per character it saves over the student
-alone, seed by seed, with its 95 % interval; the verdict words are :mod:`kdbook.stats`'s.
+The image chapters' protocol (:mod:`kdbook.tuning`, :mod:`kdbook.compare`) for students that
+:func:`kdbook.train.fit_lm` (bits per character, chapter 15) or
+:func:`kdbook.train.fit_on_policy` (exact KLs of a synthetic language, chapter 16) trains.
+What a chapter brings is a *trainer*: ``train(model, recipe, seed) -> {name: value}``, which
+trains one copy of the student with one recipe and returns what it scores (the key
+:data:`DIVERGED` set to True names a run that diverged). :func:`lm_trainer` and
+:func:`on_policy_trainer` build the two chapters'.
 
-Introduced in notebook 15_language_model_kd.
+Everything else is shared: every run of a seed starts from the same weights
+(:func:`train_lm_recipes`); each method (a :class:`kdbook.tuning.Method`) gets the same
+budget of settings, chosen on a validation score where lower is better
+(:func:`tune_lm`, :func:`kdbook.tuning.choose_on_validation`); the final runs read the test
+split once (:func:`compare_lm`); a method's difference from the student alone is paired seed
+by seed, with its 95 % interval and :mod:`kdbook.stats`'s verdict words (:class:`LMRuns`); a
+diverged run is named and never averaged.
+
+Introduced in notebook 15_language_model_kd; notebook 16_on_policy_distillation uses it too.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +34,24 @@ from tqdm.auto import tqdm
 
 from kdbook.compare import SCRATCH
 from kdbook.evaluate import lm_logits, lm_metrics
-from kdbook.models import build_model
 from kdbook.paired_runs import first_layer_norm
 from kdbook.stats import finite_mean_ci, format_interval, method_verdict
 from kdbook.text import TextData, tiled_windows
 from kdbook.train import fit_lm
-from kdbook.tuning import Method, check_methods, describe, draw
+from kdbook.train.on_policy import SequenceTask, fit_on_policy
+from kdbook.tuning import (
+    Method,
+    choices_table,
+    choose_on_validation,
+    describe,
+    draw,
+    tuning_record,
+)
+
+DIVERGED = "diverged"  # a trainer's key: True when the run diverged
+BPC = "bits per character"  # chapter 15's score
+
+Trainer = Callable[[nn.Module, Mapping[str, Any], int], Mapping[str, Any]]
 
 
 def lm_diverged(history: Any, val_bpc: float, vocab_size: int) -> bool:
@@ -50,140 +67,183 @@ def split_bpc(model: nn.Module, data: TextData, split: str, device: str = "cpu")
     return lm_metrics(lm_logits(model, x, device=device), y)["bpc"]
 
 
-@dataclass
-class LMRuns:
-    """What :func:`train_lm_recipes` trained: ``per_seed`` (indexed by seed: ``init_norm``
-    and one bits-per-character column per run, NaN for a diverged run), the diverged runs
-    ``{run: [seeds]}`` and, when kept, the models ``{seed: {run: model}}``."""
-
-    per_seed: pd.DataFrame
-    diverged: dict[str, list[int]]
-    models: dict[int, dict[str, nn.Module]] = field(default_factory=dict, repr=False)
-
-
-def train_lm_recipes(
-    student: str,
-    data: TextData,
-    recipes: Mapping[str, Mapping[str, Any]],
-    *,
-    seeds: Sequence[int],
-    context: int,
-    split: str = "test",
-    keep_models: bool = False,
-    progress: bool = True,
-    desc: str = "runs",
-    **shared: Any,
-) -> LMRuns:
-    """Train one copy of ``student`` per recipe (``fit_lm``'s arguments) and seed, every copy
-    of a seed from the same weights (built after ``torch.manual_seed(seed)``), and score each
-    on ``split`` in bits per character. ``shared``: ``fit_lm`` arguments of every run."""
-    if not seeds:
-        raise ValueError("seeds must name at least one seed, got []")
+def lm_trainer(data: TextData, split: str, **shared: Any) -> Trainer:
+    """Chapter 15's trainer: :func:`~kdbook.train.fit_lm` with the recipe (``shared``: the
+    arguments of every run), scored in :data:`BPC` on ``split`` ('val': the last epoch's,
+    'test': read once after training); a run :func:`lm_diverged` scores NaN."""
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     device = shared.get("device", "cpu")
-    rows, models, failed = {}, {}, {}
-    bar = tqdm(total=len(seeds) * len(recipes), desc=desc, disable=not progress)
-    for seed in seeds:
-        torch.manual_seed(seed)
-        init = build_model(student, data, context=context)
-        rows[seed] = {"seed": seed, "init_norm": first_layer_norm(init)}
-        for name, recipe in recipes.items():
-            model = copy.deepcopy(init)
-            history = fit_lm(model, data, **{**shared, **recipe, "seed": seed, "progress": False})
-            val = history.final["val_bpc"]
-            score = val if split == "val" else split_bpc(model, data, split, device)
-            if lm_diverged(history, val, data.vocab_size):
-                failed.setdefault(name, []).append(seed)
-                score = math.nan
-            rows[seed][name] = score
-            if keep_models:
-                models.setdefault(seed, {})[name] = model
-            bar.update()
-    bar.close()
-    per_seed = pd.DataFrame([rows[s] for s in seeds]).set_index("seed")
-    return LMRuns(per_seed, failed, models)
+
+    def train(model: nn.Module, recipe: Mapping[str, Any], seed: int) -> dict[str, Any]:
+        history = fit_lm(model, data, **{**shared, **recipe, "seed": seed, "progress": False})
+        val = history.final["val_bpc"]
+        if lm_diverged(history, val, data.vocab_size):
+            return {BPC: math.nan, DIVERGED: True}
+        return {BPC: val if split == "val" else split_bpc(model, data, split, device)}
+
+    return train
 
 
-def bits_saved(per_seed: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
-    """Per method: bits per character (mean, 95 % interval, runs kept) and the bits it saves
-    over :data:`~kdbook.compare.SCRATCH` seed by seed (mean and interval; positive: the
-    method is better), with the verdict in words."""
-    rows = {}
-    for name in methods:
-        bpc, bpc_ci = finite_mean_ci(per_seed[name].tolist())
-        row = {"bpc": bpc, "bpc_ci95": bpc_ci, "n": int(per_seed[name].notna().sum())}
-        if name != SCRATCH:
-            saved, saved_ci = finite_mean_ci((per_seed[SCRATCH] - per_seed[name]).tolist())
-            row |= {"saved": saved, "saved_ci95": saved_ci,
-                    "verdict": method_verdict(name, saved, saved_ci)}  # fmt: skip
-        rows[name] = row
-    return pd.DataFrame(rows).T
+def on_policy_trainer(
+    task: SequenceTask,
+    data: torch.Tensor,
+    measure: Callable[[nn.Module], Mapping[str, float]],
+    **shared: Any,
+) -> Trainer:
+    """Chapter 16's trainer: :func:`~kdbook.train.fit_on_policy` with the recipe (``teacher``,
+    ``lmbda``, ``beta``... ; ``shared``: ``steps``, ``batch_size``...), then ``measure`` of
+    the trained model and its ``seconds``; a diverged run is not measured."""
+
+    def train(model: nn.Module, recipe: Mapping[str, Any], seed: int) -> dict[str, Any]:
+        history = fit_on_policy(model, task, data, **{**shared, **recipe, "seed": seed},
+                                progress=False)  # fmt: skip
+        seconds = sum(r["seconds"] for r in history.epochs)
+        if "diverged" in history.settings:
+            return {"seconds": seconds, DIVERGED: True}
+        return {"seconds": seconds, **measure(model)}
+
+    return train
 
 
 @dataclass
-class LMComparison:
-    """Students alone and distilled, from the same weights per seed, scored on one split."""
+class LMRuns:
+    """What :func:`train_lm_recipes` trained: ``rows`` (one per seed and run: ``seed``, ``run``,
+    ``init_norm`` and the trainer's values, NaN or absent for a diverged run), the diverged
+    runs ``{run: [seeds]}``, the run names in order and, when kept, the models
+    ``{seed: {run: model}}``. Scores are lower-is-better; the student alone is
+    :data:`~kdbook.compare.SCRATCH`."""
 
-    per_seed: pd.DataFrame
+    rows: pd.DataFrame
     diverged: dict[str, list[int]]
     methods: list[str]
     models: dict[int, dict[str, nn.Module]] = field(default_factory=dict, repr=False)
 
-    @property
-    def summary(self) -> pd.DataFrame:
-        return bits_saved(self.per_seed, self.methods)
+    def measure(self, name: str) -> pd.DataFrame:
+        """One value as a table: a row per seed, a column per run (in the recipes' order)."""
+        known = [c for c in self.rows.columns if c not in ("seed", "run")]
+        if name not in known:
+            raise ValueError(f"measure must be one of the runs' values {known}, got {name!r}")
+        seeds = pd.unique(self.rows["seed"])
+        table = self.rows.pivot(index="seed", columns="run", values=name)
+        return table.reindex(index=seeds, columns=self.methods)
 
-    def table(self) -> pd.DataFrame:
-        """One readable row per method: bits per character and bits saved, each as mean ± 95 %
-        interval, the verdict and the diverged runs."""
-        s, rows = self.summary, []
+    def per_seed(self, name: str) -> pd.DataFrame:
+        """:meth:`measure` with the first layer's initial norm per seed (``init_norm``) first."""
+        return pd.concat([self.measure("init_norm").iloc[:, [0]].set_axis(["init_norm"], axis=1),
+                          self.measure(name)], axis=1)  # fmt: skip
+
+    def summary(self, measures: Sequence[str]) -> pd.DataFrame:
+        """Per run and measure ``m``: ``m`` and ``m_ci95`` (mean and 95 % interval over the seeds
+        kept), and but for the student alone the paired difference ``m_vs_alone`` (run minus
+        alone, seed by seed; negative: lower, better), its ``m_vs_alone_ci95`` and
+        ``m_verdict``; ``diverged`` names the runs left out."""
+        out = []
         for name in self.methods:
-            r = s.loc[name]
-            rows.append({
-                "method": name,
-                "bits per character": format_interval(r["bpc"], r["bpc_ci95"], unit="", digits=3),
-                "bits saved vs alone": "(reference)" if name == SCRATCH else format_interval(
-                    r["saved"], r["saved_ci95"], signed=True, unit="", digits=3),
-                "verdict": "" if name == SCRATCH else r["verdict"],
-                "diverged": ", ".join(f"seed {x}" for x in self.diverged.get(name, [])),
-            })  # fmt: skip
+            row: dict[str, Any] = {"method": name}
+            for m in measures:
+                table = self.measure(m)
+                row[m], row[f"{m}_ci95"] = finite_mean_ci(table[name].tolist())
+                if name != SCRATCH and SCRATCH in table:
+                    d, ci = finite_mean_ci((table[name] - table[SCRATCH]).tolist())
+                    row |= {f"{m}_vs_alone": d, f"{m}_vs_alone_ci95": ci,
+                            f"{m}_verdict": method_verdict(name, -d, ci)}  # fmt: skip
+            row[DIVERGED] = ", ".join(f"seed {s}" for s in self.diverged.get(name, []))
+            out.append(row)
+        return pd.DataFrame(out).set_index("method")
+
+    def table(
+        self, measures: Sequence[str], *, judged: Sequence[str] = (), digits: int = 3
+    ) -> pd.DataFrame:
+        """One readable row per run: each of ``measures`` as mean ± 95 % interval, each of
+        ``judged`` as the difference from the student alone ± interval with its verdict, and
+        the diverged runs."""
+        s, rows = self.summary([*measures, *[m for m in judged if m not in measures]]), []
+        for name in self.methods:
+            row = {"method": name}
+            for m in measures:
+                row[m] = format_interval(s.loc[name, m], s.loc[name, f"{m}_ci95"], unit="",
+                                         digits=digits)  # fmt: skip
+            for m in judged:
+                row[f"{m}: run - alone"] = "(reference)" if name == SCRATCH else (
+                    format_interval(s.loc[name, f"{m}_vs_alone"], s.loc[name, f"{m}_vs_alone_ci95"],
+                                    signed=True, unit="", digits=digits)
+                    + f": {s.loc[name, f'{m}_verdict']}")  # fmt: skip
+            rows.append(row | {DIVERGED: s.loc[name, DIVERGED]})
         return pd.DataFrame(rows).set_index("method")
 
-    def verdict(self, method: str) -> str:
-        """The method's verdict against the student alone, naming diverged runs."""
-        word = self.summary.loc[method, "verdict"]
+    def verdict(self, method: str, measure: str) -> str:
+        """The run's verdict on ``measure`` against the student alone, naming diverged runs."""
+        word = self.summary([measure]).loc[method, f"{measure}_verdict"]
         out = [f"seed {x}" for x in self.diverged.get(method, [])]
         return f"{word} ({len(out)} diverged run(s) left out: {', '.join(out)})" if out else word
 
 
-def compare_lm(
-    student: str,
-    data: TextData,
+def train_lm_recipes(
+    make_student: Callable[[], nn.Module],
+    train: Trainer,
     recipes: Mapping[str, Mapping[str, Any]],
     *,
     seeds: Sequence[int],
-    context: int,
     keep_models: bool = False,
     progress: bool = True,
-    **shared: Any,
-) -> LMComparison:
+    desc: str = "runs",
+) -> LMRuns:
+    """Train a copy of the student per recipe and seed with ``train`` (every copy of a seed
+    from the weights ``make_student()`` builds after ``torch.manual_seed(seed)``)."""
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed, got []")
+    rows, failed, models = [], {}, {}
+    bar = tqdm(total=len(seeds) * len(recipes), desc=desc, disable=not progress)
+    for seed in seeds:
+        torch.manual_seed(seed)
+        initial = make_student()
+        norm = first_layer_norm(initial)
+        for name, recipe in recipes.items():
+            model = copy.deepcopy(initial)
+            values = dict(train(model, recipe, seed))
+            if values.pop(DIVERGED, False):
+                failed.setdefault(name, []).append(seed)
+            rows.append({"seed": seed, "run": name, "init_norm": norm, **values})
+            if keep_models:
+                models.setdefault(seed, {})[name] = model
+            bar.update()
+    bar.close()
+    return LMRuns(pd.DataFrame(rows), failed, list(recipes), models)
+
+
+def compare_lm(
+    make_student: Callable[[], nn.Module],
+    train: Trainer,
+    recipes: Mapping[str, Mapping[str, Any]],
+    *,
+    seeds: Sequence[int],
+    keep_models: bool = False,
+    progress: bool = True,
+) -> LMRuns:
     """The final comparison: ``recipes`` (the student alone under
-    :data:`~kdbook.compare.SCRATCH` among them) over ``seeds`` from identical weights, scored
-    once on the test split."""
+    :data:`~kdbook.compare.SCRATCH` among them) over ``seeds`` from identical weights, with a
+    trainer that reads the test split once."""
     if SCRATCH not in recipes:
-        raise ValueError(f"recipes must include the student alone, {SCRATCH!r}")
-    runs = train_lm_recipes(
-        student, data, recipes, seeds=seeds, context=context, split="test",
-        keep_models=keep_models, progress=progress, desc="final runs", **shared,
-    )  # fmt: skip
-    return LMComparison(runs.per_seed, runs.diverged, list(recipes), runs.models)
+        raise ValueError(
+            f"recipes must include the student alone, {SCRATCH!r}; got {list(recipes)}"
+        )
+    return train_lm_recipes(make_student, train, recipes, seeds=seeds, keep_models=keep_models,
+                            progress=progress, desc="final runs")  # fmt: skip
+
+
+def _arguments(method: Method, setting: Mapping[str, Any]) -> dict[str, Any]:
+    """The trainer's recipe for one setting: a dict recipe with the setting over it, or what
+    a callable recipe makes of it (:meth:`kdbook.tuning.Method.fit_arguments`)."""
+    if callable(method.recipe):
+        return method.fit_arguments(setting)
+    return {**method.recipe, **setting}
 
 
 @dataclass
 class LMTuning:
     """What :func:`tune_lm` tried (``trials``: one row per method and setting, its mean
-    validation bits per character, diverged runs, whether chosen) and chose."""
+    validation ``score`` in ``val_score``, its diverged runs, whether chosen) and chose."""
 
     methods: list[Method]
     trials: pd.DataFrame
@@ -191,75 +251,64 @@ class LMTuning:
     unchosen: dict[str, str]
     budget: int
     seeds: list[int]
+    score: str
 
     def recipes(self) -> dict[str, dict[str, Any]]:
-        """``fit_lm``'s arguments of every method at its chosen setting."""
-        return {m.name: m.fit_arguments(self.chosen[m.name]) for m in self.methods
+        """The trainer's recipe of every method at its chosen setting."""
+        return {m.name: _arguments(m, self.chosen[m.name]) for m in self.methods
                 if m.name in self.chosen}  # fmt: skip
 
-    def choices(self) -> pd.DataFrame:
+    def choices(self, digits: int = 4) -> pd.DataFrame:
         """One row per method: settings tried (the budget), the choice and its score."""
-        rows = {}
-        for method in self.methods:
-            tried = self.trials[self.trials["method"] == method.name]
-            best = tried[tried["chosen"]]
-            rows[method.name] = {
-                "settings tried (budget)": len(tried),
-                "chosen on validation": best["setting"].iloc[0] if len(best)
-                else self.unchosen[method.name],
-                "mean val bits per character": round(best["val_bpc"].iloc[0], 3) if len(best)
-                else "–",
-                "diverged runs": int(tried["diverged"].sum()),
-            }  # fmt: skip
-        return pd.DataFrame(rows).T
+        return choices_table(self.methods, self.trials, self.unchosen, score="val_score",
+                             label=f"mean val {self.score}", digits=digits)  # fmt: skip
+
+    def record(self) -> dict[str, Any]:
+        """What results.json keeps of the tuning: budget, seeds, score, trials and choices."""
+        record = tuning_record(self.budget, self.seeds, self.trials, self.chosen, self.unchosen)
+        return record | {"score": self.score}
 
 
 def tune_lm(
-    student: str,
-    data: TextData,
+    make_student: Callable[[], nn.Module],
+    train: Trainer,
     methods: Sequence[Method],
     *,
+    score: str,
     budget: int,
     seeds: Sequence[int],
-    context: int,
     progress: bool = True,
-    **shared: Any,
 ) -> LMTuning:
     """Try ``budget`` settings of every method (:func:`kdbook.tuning.draw`: the same number
-    for each) over the tuning ``seeds`` and choose each method's lowest mean validation bits
-    per character (the test split unread; a setting with a diverged run cannot be chosen).
+    for each) over the tuning ``seeds`` with a trainer that scores validation data, and choose
+    each method's lowest mean ``score`` (a setting with a diverged run cannot be chosen).
 
     Raises:
-        ValueError: a bad budget or search space (:func:`kdbook.tuning.check_methods`),
-            before any training.
+        ValueError: a bad budget, names or search space, before any training.
     """
-    check_methods(methods, budget)
-    seeds = list(seeds)
+    if not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1):
+        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    names = [m.name for m in methods]
+    if SCRATCH not in names or len(set(names)) != len(names):
+        raise ValueError(f"methods must have distinct names, {SCRATCH!r} among them, got {names}")
+    for method in methods:
+        if len(method.settings()) < budget:
+            raise ValueError(f"{method.name}: its space must hold at least budget={budget} "
+                             f"settings, got {len(method.settings())}")  # fmt: skip
     drawn = {m.name: draw(m, budget) for m in methods}
-    recipes, keys = {}, {}
+    recipes = {f"{m.name} [{i + 1}]": _arguments(m, choice)
+               for m in methods for i, choice in enumerate(drawn[m.name])}  # fmt: skip
+    runs = train_lm_recipes(make_student, train, recipes, seeds=list(seeds), progress=progress,
+                            desc="tuning runs")  # fmt: skip
+    scores = runs.measure(score) if score in runs.rows.columns else None  # None: all diverged
+    trials = []
     for method in methods:
         for i, choice in enumerate(drawn[method.name]):
-            recipes[f"{method.name} [{i + 1}]"] = method.fit_arguments(choice)
-            keys[f"{method.name} [{i + 1}]"] = (method.name, choice)
-    runs = train_lm_recipes(
-        student, data, recipes, seeds=seeds, context=context, split="val", progress=progress,
-        desc="tuning runs", **shared,
-    )  # fmt: skip
-    rows = []
-    for run, (name, choice) in keys.items():
-        failed = len(runs.diverged.get(run, []))
-        score = runs.per_seed[run].mean() if not failed else math.nan
-        rows.append({"method": name, "setting": describe(choice), "val_bpc": score,
-                     "diverged": failed, "chosen": False})  # fmt: skip
-    trials = pd.DataFrame(rows)
-    chosen, unchosen = {}, {}
-    for method in methods:
-        mine = trials[(trials["method"] == method.name) & (trials["diverged"] == 0)]
-        if mine.empty:
-            unchosen[method.name] = f"none: diverged at every one of its {budget} settings"
-            continue
-        best = mine["val_bpc"].idxmin()  # the first of equals: the draw's order
-        trials.loc[best, "chosen"] = True
-        position = list(trials.index[trials["method"] == method.name]).index(best)
-        chosen[method.name] = drawn[method.name][position]
-    return LMTuning(list(methods), trials, chosen, unchosen, budget, seeds)
+            run = f"{method.name} [{i + 1}]"
+            failed = len(runs.diverged.get(run, []))
+            trials.append({"method": method.name, "setting": describe(choice),
+                           "val_score": math.nan if failed else float(scores[run].mean()),
+                           "diverged": failed, "chosen": False})  # fmt: skip
+    table = pd.DataFrame(trials)
+    chosen, unchosen = choose_on_validation(table, drawn, budget, "val_score", lower_is_better=True)
+    return LMTuning(list(methods), table, chosen, unchosen, budget, list(seeds), score)

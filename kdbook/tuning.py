@@ -192,19 +192,7 @@ class Tuning:
 
     def choices(self) -> pd.DataFrame:
         """One row per method: the budget, the chosen setting and its validation score."""
-        rows = {}
-        for method in self.methods:
-            tried = self.trials[self.trials["method"] == method.name]
-            best = tried[tried["chosen"]]
-            rows[method.name] = {
-                "settings tried (budget)": len(tried),
-                "chosen on validation": (
-                    best["setting"].iloc[0] if len(best) else self.unchosen[method.name]
-                ),
-                "mean val accuracy (%)": round(best["val_mean"].iloc[0], 2) if len(best) else "–",
-                "diverged runs": int(tried["diverged"].sum()),
-            }
-        return pd.DataFrame(rows).T
+        return choices_table(self.methods, self.trials, self.unchosen)
 
     def best_so_far(self) -> pd.DataFrame:
         """Per method, the best mean validation accuracy among its first k settings tried,
@@ -297,13 +285,51 @@ class Tuning:
 
     def record(self) -> dict[str, Any]:
         """What results.json keeps of the tuning: budget, seeds, every trial and the choices."""
-        return {
-            "budget": self.budget,
-            "tuning_seeds": self.seeds,
-            "trials": self.trials.drop(columns=["per_seed"]).to_dict("records"),
-            "chosen": {k: describe(v) for k, v in self.chosen.items()},
-            "unchosen": self.unchosen,
+        trials = self.trials.drop(columns=["per_seed"])
+        return tuning_record(self.budget, self.seeds, trials, self.chosen, self.unchosen)
+
+
+def choices_table(
+    methods: Sequence[Method],
+    trials: pd.DataFrame,
+    unchosen: Mapping[str, str],
+    *,
+    score: str = "val_mean",
+    label: str = "mean val accuracy (%)",
+    digits: int = 2,
+) -> pd.DataFrame:
+    """One row per method of a tuning's ``trials``: the budget, the chosen setting and its
+    validation ``score`` (shown as ``label``, rounded to ``digits``), the diverged runs."""
+    rows = {}
+    for method in methods:
+        tried = trials[trials["method"] == method.name]
+        best = tried[tried["chosen"]]
+        rows[method.name] = {
+            "settings tried (budget)": len(tried),
+            "chosen on validation": (
+                best["setting"].iloc[0] if len(best) else unchosen[method.name]
+            ),
+            label: round(best[score].iloc[0], digits) if len(best) else "–",
+            "diverged runs": int(tried["diverged"].sum()),
         }
+    return pd.DataFrame(rows).T
+
+
+def tuning_record(
+    budget: int,
+    seeds: Sequence[int],
+    trials: pd.DataFrame,
+    chosen: Mapping[str, Mapping[str, Any]],
+    unchosen: Mapping[str, str],
+) -> dict[str, Any]:
+    """What results.json keeps of a tuning: budget, seeds, every trial and the choices."""
+    return {
+        "budget": budget,
+        "tuning_seeds": list(seeds),
+        "trials": trials.to_dict("records"),
+        "chosen": {k: describe(v) for k, v in chosen.items()},
+        "unchosen": dict(unchosen),
+    }
 
 
 def tune(

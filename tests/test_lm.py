@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from kdbook.checkpoint import load_checkpoint, save_checkpoint
 from kdbook.compare import SCRATCH
 from kdbook.evaluate import lm_kl, lm_logits, lm_metrics
-from kdbook.lm_compare import compare_lm, lm_diverged, tune_lm
-from kdbook.lm_widgets import next_char_explorer, next_char_view
+from kdbook.lm_compare import BPC, compare_lm, lm_diverged, lm_trainer, tune_lm
+from kdbook.lm_widgets import last_position_logits, next_token_explorer, next_token_view
 from kdbook.models import build_model, count_params, list_models
 from kdbook.text import text_data, window_tensor
 from kdbook.train import Checkpoint, fit_lm
@@ -203,14 +203,17 @@ def test_metrics_and_kl_against_the_long_way():
 
 
 def test_the_next_character_slider(data):
-    view = next_char_view(torch.tensor([3.0, 1.0, 0.0, 0.0]), ("a", " ", "\n", "b"), 1.0, top=2)
-    assert [r["character"] for r in view["top"]] == ["a", "' '"]
-    hot = next_char_view(torch.tensor([3.0, 1.0, 0.0, 0.0]), ("a", " ", "\n", "b"), 100.0)
+    labels = ("a", " ", "\n", "b")
+    view = next_token_view(torch.tensor([3.0, 1.0, 0.0, 0.0]), None, 1.0, top=2, labels=labels)
+    assert view["labels"] == ["a", "' '"] and "divergence" not in view
+    hot = next_token_view(torch.tensor([3.0, 1.0, 0.0, 0.0]), None, 100.0, labels=labels)
     assert (
         hot["entropy_bits"] == pytest.approx(2.0, abs=0.01)
         and hot["entropy_bits"] > view["entropy_bits"]
     )
-    box = next_char_explorer(tiny(data), data, "the cat ")
+    logits = last_position_logits(tiny(data), data.encode("the cat "))
+    box = next_token_explorer(logits, data.classes, top=10, context="the cat ")
+    assert set(box.controls) == {"temperature"}  # no student: no beta
     box.controls["temperature"].value = 4.0
     assert box.view["temperature"] == 4.0 and max(box.redraw_seconds) < 1.0
 
@@ -224,18 +227,29 @@ def test_tuning_and_comparison_in_bits_per_character(data):
         Method("token KD", {"lr": [1e-2], "temperature": [1.0, 2.0]}, {"windows": windows,
                "teacher": logits}),
     ]  # fmt: skip
-    shared = dict(context=16, num_epochs=1, batch_size=16, progress=False)
-    tuned = tune_lm("char_tiny", data, methods, budget=2, seeds=[0], **shared)
+    shared = dict(num_epochs=1, batch_size=16)
+
+    def student():
+        return build_model("char_tiny", data, context=16)
+
+    tuned = tune_lm(student, lm_trainer(data, "val", **shared), methods, score=BPC, budget=2,
+                    seeds=[0], progress=False)  # fmt: skip
     assert set(tuned.chosen) == {SCRATCH, "token KD"} and tuned.trials["chosen"].sum() == 2
     assert len(tuned.choices()) == 2
-    final = compare_lm("char_tiny", data, tuned.recipes(), seeds=[0, 1], keep_models=True, **shared)
-    assert list(final.per_seed.columns) == ["init_norm", SCRATCH, "token KD"]
-    assert final.table().loc[SCRATCH, "bits saved vs alone"] == "(reference)"
-    assert final.verdict("token KD") in ("token KD helps", "token KD hurts", "inside seed noise")
-    saved = final.per_seed[SCRATCH] - final.per_seed["token KD"]
-    assert final.summary.loc["token KD", "saved"] == pytest.approx(saved.mean())
+    final = compare_lm(student, lm_trainer(data, "test", **shared), tuned.recipes(), seeds=[0, 1],
+                       keep_models=True, progress=False)  # fmt: skip
+    per_seed = final.per_seed(BPC)
+    assert list(per_seed.columns) == ["init_norm", SCRATCH, "token KD"]
+    assert final.table([BPC], judged=[BPC]).loc[SCRATCH, f"{BPC}: run - alone"] == "(reference)"
+    words = ("token KD helps", "token KD hurts", "inside seed noise")
+    assert final.verdict("token KD", BPC) in words
+    difference = per_seed["token KD"] - per_seed[SCRATCH]
+    got = final.summary([BPC]).loc["token KD", f"{BPC}_vs_alone"]
+    assert got == pytest.approx(difference.mean())
     with pytest.raises(ValueError, match="budget"):
-        tune_lm("char_tiny", data, methods, budget=3, seeds=[0], **shared)
+        tune_lm(student, lm_trainer(data, "val"), methods, score=BPC, budget=3, seeds=[0])
+    with pytest.raises(ValueError, match="split must be 'val' or 'test'"):
+        lm_trainer(data, "train")
 
 
 def test_a_run_no_better_than_a_uniform_guess_diverged():

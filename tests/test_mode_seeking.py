@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kdbook import gkd_widgets  # noqa: E402
+from kdbook import lm_widgets  # noqa: E402
 from kdbook.losses import generalized_jsd_loss  # noqa: E402
 from kdbook.mode_seeking import (  # noqa: E402
     BIMODAL,
@@ -86,8 +86,8 @@ def test_bad_input_is_named(call, match):
 def test_next_token_view_ends_and_push():
     g = torch.Generator().manual_seed(0)
     teacher, student = 3 * torch.randn(20, generator=g), torch.randn(20, generator=g)
-    fwd = gkd_widgets.next_token_view(teacher, student, 2.0, 0.0, top=5)
-    rev = gkd_widgets.next_token_view(teacher, student, 2.0, 1.0, top=5)
+    fwd = lm_widgets.next_token_view(teacher, student, 2.0, 0.0, top=5)
+    rev = lm_widgets.next_token_view(teacher, student, 2.0, 1.0, top=5)
     assert fwd["divergence"] == pytest.approx(fwd["forward_kl"], rel=1e-6)
     assert rev["divergence"] == pytest.approx(rev["reverse_kl"], rel=1e-6)
     assert len(fwd["tokens"]) == 5
@@ -96,19 +96,18 @@ def test_next_token_view_ends_and_push():
     torch.testing.assert_close(fwd["push"], expected)
     torch.testing.assert_close(fwd["mixture"], fwd["student"])
     with pytest.raises(ValueError, match="two \\[V\\] vectors"):
-        gkd_widgets.next_token_view(teacher, student[:5], 1.0, 0.5)
+        lm_widgets.next_token_view(teacher, student[:5], 1.0, 0.5)
 
 
 def test_sliders_redraw_with_the_new_values():
-    box = gkd_widgets.mode_explorer(betas=(0.0, 0.5, 1.0), beta=0.0)
+    box = lm_widgets.mode_explorer(betas=(0.0, 0.5, 1.0), beta=0.0)
     assert box.view["fit"].beta == 0.0
     box.controls["beta"].value = 1.0
     assert box.view["fit"].beta == 1.0 and len(box.redraw_seconds) == 2
     g = torch.Generator().manual_seed(1)
     labels = [chr(97 + i) for i in range(20)]
-    box = gkd_widgets.next_token_explorer(
-        3 * torch.randn(20, generator=g), torch.randn(20, generator=g), labels
-    )
+    teacher = 3 * torch.randn(20, generator=g)
+    box = lm_widgets.next_token_explorer(teacher, labels, torch.randn(20, generator=g))
     box.controls["temperature"].value = 2.0
     box.controls["beta"].value = 1.0
     assert box.view["temperature"] == 2.0 and box.view["beta"] == 1.0
