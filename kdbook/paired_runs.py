@@ -24,13 +24,11 @@ from kdbook.config import default
 from kdbook.data import Dataset
 from kdbook.evaluate import accuracy, predict
 from kdbook.models import build_model
+from kdbook.stack import TRAIN_DATA as TRAIN_DATA
 from kdbook.train import TimeEstimate
 
 SECONDS = " s/epoch"  # per_seed column suffix: a run's mean seconds per epoch
 CHANCE_MARGIN = 5.0  # points above chance at or below which a run's end counts as diverged
-# A recipe's key for its own training split (e.g. the teacher's hard labels in place of the
-# hidden ones: a control); its validation and test splits must be the comparison's.
-TRAIN_DATA = "train_data"
 
 
 def first_layer_norm(model: nn.Module) -> float:
@@ -84,8 +82,8 @@ def train_recipes(
     unread). The machinery of :func:`kdbook.compare.compare_methods` (its plan, what stacks,
     the time estimate); a run that :func:`diverged` is named in ``Runs.diverged`` and its
     accuracies are NaN, never a number averaged into a verdict. A recipe may train on its own
-    data (``{TRAIN_DATA: dataset}``, the same validation and test splits): such runs train
-    one at a time."""
+    data (``{TRAIN_DATA: dataset}``, the same validation and test splits), side by side with
+    the others too."""
     for name, recipe in recipes.items():
         own = recipe.get(TRAIN_DATA)
         if own is not None and not (own.val is data.val and own.test is data.test):

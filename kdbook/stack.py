@@ -49,13 +49,16 @@ from kdbook.schedules import value_at
 from kdbook.stack_features import FeatureTerms, why_adapters_not_stacked, why_feature_not_stacked
 from kdbook.teacher_views import TeacherViews
 
+# A run's own training split (e.g. the teacher's hard labels in place of the hidden ones: a
+# control); its validation and test splits are the comparison's. A key of a run, not of fit.
+TRAIN_DATA = "train_data"
 # fit's keywords a stacked run may set; the shared ones must be equal across the stack
 STACKED_KEYWORDS = frozenset(
     {"teacher", "teacher_weights", "temperature", "alpha", "seed", "progress", "desc", "terms"}
     | {"feature_loss", "feature_weight"}
     | {"num_epochs", "lr"}
     | {"batch_size", "optimizer", "momentum", "weight_decay", "augment", "precision"}
-    | {"device", "channels_last"}
+    | {"device", "channels_last", TRAIN_DATA}
 )  # fmt: skip
 SHARED_KEYWORDS = ("num_epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay")
 SHARED_KEYWORDS += ("augment", "precision", "device", "channels_last")
@@ -105,6 +108,10 @@ def _why_term_not_stacked(terms: list, teacher: Any) -> str | None:
     return None
 
 
+def _without_data(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k != TRAIN_DATA}
+
+
 def stack_key(model: nn.Module, kwargs: Mapping[str, Any]) -> tuple:
     """Runs with equal keys can share a stack: same architecture and shared settings."""
     shapes = tuple((n, tuple(p.shape)) for n, p in model.state_dict().items())
@@ -148,7 +155,10 @@ def fit_stacked(
         raise NotStackable(reason)
     if len({stack_key(m, kw) for m, kw in zip(models, kwargs, strict=True)}) > 1:
         raise NotStackable("the runs differ in architecture or in a shared setting")
-    loops = [make_loop(m, data, fit_arguments(kw))[0] for m, kw in zip(models, kwargs, strict=True)]
+    loops = [
+        make_loop(m, kw.get(TRAIN_DATA, data), fit_arguments(_without_data(kw)))[0]
+        for m, kw in zip(models, kwargs, strict=True)
+    ]  # a run's own training split (its labels: paired_runs.TRAIN_DATA), the same val and test
     if loops[0].runtime.world > 1:
         raise NotStackable("data-parallel runs (torchrun) are not stacked")
     stack = _Stack(loops)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
+import pandas as pd
 import pytest
 import torch
 
@@ -305,3 +307,22 @@ def test_ensembles_of_several_runs_share_each_teachers_passes(digits, teacher):
     runs += [{"seed": 1, "teacher": pair, "teacher_weights": [0.75, 0.25]}, {"seed": 0}]
     alone, stacked = _both(digits, runs, num_epochs=2)
     _assert_same(alone, stacked)
+
+
+def test_a_run_with_its_own_training_labels_stacks(digits, teacher):
+    # notebook 05's control: the student trained on the teacher's hard labels, beside KD
+    from kdbook.compare import compare_methods
+    from kdbook.data import Split
+    from kdbook.evaluate import predict
+
+    scarce = digits.with_label_fraction(0.1, seed=0)
+    hard = predict(teacher, digits, "train").argmax(1)
+    relabelled = dataclasses.replace(scarce, train=Split(scarce.train.images, hard))
+    recipes = {"KD": {"teacher": teacher}, "hard labels": {"train_data": relabelled}}
+    kwargs = {"seeds": [0, 1], "num_epochs": 2, "progress": False}
+    stacked = compare_methods("tiny_cnn", scarce, recipes, **kwargs)
+    alone = compare_methods("tiny_cnn", scarce, recipes, stack=False, **kwargs)
+    columns = ["student (scratch)", "KD", "hard labels"]
+    pd.testing.assert_frame_equal(stacked.per_seed[columns], alone.per_seed[columns], atol=1e-6)
+    model = build_model("tiny_cnn", digits)
+    assert why_not_stacked(model, {"train_data": relabelled}) is None
