@@ -1,6 +1,6 @@
-"""A chapter's comparisons on a second data set, side by side with its own (issue 24).
+"""A chapter's comparisons on a second data set, side by side with its own.
 
-Notebooks 05, 09 and 13 run their key comparisons on the classroom's digits and again on
+Notebooks 05, 09, 13 and 14 run their key comparisons on the classroom's digits and again on
 ``glyphs``, the harder look-alike characters (:mod:`kdbook.glyphs`), and print one table:
 per data set the teacher's test accuracy, its mean non-target mass at T 4 (the probability
 it leaves on the other classes, what distillation has to pass on), the student alone's gap
@@ -60,6 +60,7 @@ class DataSetSide:
     teacher: nn.Module
     teacher_accuracy: float
     non_target_mass: float
+    teacher_epochs: int | None = None  # what the teacher trained (second_set's: its preset's)
 
     @property
     def name(self) -> str:
@@ -152,7 +153,7 @@ def second_set(
         progress=progress,
         desc=f"teacher {other.teacher} on {dataset}",
     )
-    side = describe(other, data, teacher)
+    side = dataclasses.replace(describe(other, data, teacher), teacher_epochs=sizes["num_epochs"])
     print(
         f"second data set {dataset} (preset {other.preset!r}: {other.teacher} -> {other.student}, "
         f"{other.num_epochs} epochs{why}, {other.num_seeds} seeds, "

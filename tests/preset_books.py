@@ -122,7 +122,8 @@ def extra_books(root: Path) -> dict[str, list[str]]:
     ``imagefolder-2``: the imagefolder preset on a 2-class tree laid out like the chest X-ray
     data set (mostly grayscale); ``imagefolder-5``: the same preset on 5 classes (mostly
     colour); ``cifar10-synthetic``: the cifar10 preset on ``synthetic-cifar10``, SYNTHETIC
-    CIFAR-shaped images (no download), its ResNet-18 teacher on a CPU where there is no GPU.
+    CIFAR-shaped images (no download), its ResNet-18 teacher on a CPU where there is no GPU;
+    ``glyphs``: the glyphs preset on its own embedded data set.
     """
     root = Path(root).resolve()
     xray = write_image_tree(root / "xray-2", XRAY_CLASSES, gray_every=2, seed=2)
@@ -135,6 +136,9 @@ def extra_books(root: Path) -> dict[str, list[str]]:
         "cifar10-synthetic": ["-p", "preset", "cifar10", "-p", "dataset",
                               f"synthetic-cifar10:{SYNTHETIC_SIZE}",
                               "-p", "num_epochs", "2", *SHORT],  # ResNet-18 on a CPU
+        # the glyphs preset on its embedded look-alike characters (rendered in seconds), at
+        # batches of 64: its 1,320 training images would make 16 too many steps an epoch
+        "glyphs": ["-p", "preset", "glyphs", *SHORT, "-p", "num_epochs", "2", "-p", "batch_size", "64"],
     }  # fmt: skip
 
 

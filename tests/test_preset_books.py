@@ -29,12 +29,13 @@ def params_of(argv: list[str]) -> dict:
     return {name: parse_value(value) for name, value in zip(argv[1::3], argv[2::3], strict=True)}
 
 
-def test_three_books_one_per_preset_and_data_set(books) -> None:
+def test_four_books_one_per_preset_and_data_set(books) -> None:
     _, found = books
-    assert list(found) == ["imagefolder-2", "imagefolder-5", "cifar10-synthetic"]
+    assert list(found) == ["imagefolder-2", "imagefolder-5", "cifar10-synthetic", "glyphs"]
     presets = {name: params_of(argv)["preset"] for name, argv in found.items()}
     assert presets == {"imagefolder-2": "imagefolder", "imagefolder-5": "imagefolder",
-                       "cifar10-synthetic": "cifar10"}  # fmt: skip
+                       "cifar10-synthetic": "cifar10", "glyphs": "glyphs"}  # fmt: skip
+    assert params_of(found["glyphs"])["batch_size"] == 64  # the later -p wins over SHORT's 16
 
 
 @pytest.mark.parametrize(("book", "classes"), [("imagefolder-2", XRAY_CLASSES),
