@@ -138,7 +138,8 @@ def extra_books(root: Path) -> dict[str, list[str]]:
                               "-p", "num_epochs", "2", *SHORT],  # ResNet-18 on a CPU
         # the glyphs preset on its embedded look-alike characters (rendered in seconds), at
         # batches of 64: its 1,320 training images would make 16 too many steps an epoch
-        "glyphs": ["-p", "preset", "glyphs", *SHORT, "-p", "num_epochs", "2", "-p", "batch_size", "64"],
+        "glyphs": ["-p", "preset", "glyphs", *SHORT,
+                   "-p", "num_epochs", "2", "-p", "batch_size", "64"],
     }  # fmt: skip
 
 
