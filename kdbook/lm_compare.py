@@ -41,6 +41,7 @@ from kdbook.train import fit_lm
 from kdbook.train.on_policy import SequenceTask, fit_on_policy
 from kdbook.tuning import (
     Method,
+    check_budget,
     choices_table,
     choose_on_validation,
     describe,
@@ -286,8 +287,7 @@ def tune_lm(
     Raises:
         ValueError: a bad budget, names or search space, before any training.
     """
-    if not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1):
-        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    check_budget(budget)
     names = [m.name for m in methods]
     if SCRATCH not in names or len(set(names)) != len(names):
         raise ValueError(f"methods must have distinct names, {SCRATCH!r} among them, got {names}")
