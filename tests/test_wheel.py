@@ -3,14 +3,18 @@ the book copied out, one notebook run by the installed `kdbook book` and checked
 
 Nothing here reads the repository's tree after the build: every command runs from a
 temporary folder with a clean environment (no PYTHONPATH), and the test checks that the
-executed notebook came from the venv's kdbook. One venv per test session; torch is installed
-first from the pinned pair in pyproject.toml (the pip cache makes it quick). A few minutes;
-`pytest -m "not wheel"` leaves it out during development, `make test` runs it.
+executed notebook came from the venv's kdbook. One venv per test session. torch, torchvision
+and their CUDA libraries (5 GB) are not copied a second time: the venv sees this
+interpreter's copies through a folder of links (`_link_torch`), as a user who already has
+torch would, and pip checks them against the pinned pair in pyproject.toml and installs the
+rest of the wheel's dependencies from its cache. A few minutes; `pytest -m "not wheel"`
+leaves it out during development, `make test` runs it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -70,6 +74,35 @@ def _pinned_torch() -> list[str]:
     return pins
 
 
+def _torch_distributions() -> list[importlib.metadata.Distribution]:
+    """torch, torchvision, triton and the CUDA libraries they need, as installed here."""
+    wanted = [
+        d
+        for d in importlib.metadata.distributions()
+        if (d.metadata["Name"] or "").lower().startswith(("torch", "triton", "nvidia", "cuda"))
+    ]
+    names = {d.metadata["Name"].lower() for d in wanted}
+    assert {"torch", "torchvision"} <= names, f"this interpreter lacks torch: {sorted(names)}"
+    return wanted
+
+
+def _link_torch(venv: Path, layer: Path) -> None:
+    """Make this interpreter's torch stack importable in ``venv`` without copying it: a folder
+    of symbolic links to each distribution's top-level entries (packages and ``.dist-info``),
+    named by a ``.pth`` file in the venv's site-packages. pip sees the distributions as
+    installed and never writes there (they lie outside the venv)."""
+    layer.mkdir()
+    for dist in _torch_distributions():
+        for entry in {f.parts[0] for f in dist.files or []}:
+            source = Path(str(dist.locate_file(entry)))
+            if entry in {"..", "__pycache__"} or entry.endswith(".pth") or not source.exists():
+                continue
+            if not (layer / entry).exists():
+                (layer / entry).symlink_to(source)
+    (site,) = venv.glob("lib/python*/site-packages")
+    (site / "kdbook-test-torch.pth").write_text(f"{layer}\n")
+
+
 def _clean_env(scratch: Path, venv: Path) -> dict[str, str]:
     """This process's environment less what would point a command back at the repository."""
     env = {
@@ -119,8 +152,21 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     installed = Installed(wheel, venv, scratch, _clean_env(scratch, venv), timings)
     pip = ("python", "-m", "pip", "install", "--quiet", "--progress-bar", "off")
-    installed.run(*pip, *_pinned_torch(), cwd=scratch, timeout=1200, label="pip install torch")
+    _link_torch(venv, scratch / "torch-layer")
     installed.run(*pip, str(wheel), cwd=scratch, timeout=1200, label="pip install wheel")
+    seen = installed.run(
+        "python",
+        "-c",
+        "import torch, torchvision; print(torch.__file__); "
+        "print(f'torch=={torch.__version__.split(\"+\")[0]}'); "
+        "print(f'torchvision=={torchvision.__version__.split(\"+\")[0]}')",
+        cwd=scratch,
+        label="torch check",
+    ).stdout.split()
+    assert seen[1:] == _pinned_torch(), f"the venv has {seen[1:]}, pyproject pins {_pinned_torch()}"
+    assert Path(seen[0]).is_relative_to(scratch / "torch-layer"), (
+        f"pip installed a second torch ({seen[0]}) instead of taking the linked one"
+    )
     return installed
 
 
