@@ -283,18 +283,19 @@ class Comparison:
         listed = ", ".join(str(s) for s in seeds)
         return f"{method} diverged on {len(seeds)} of {len(self.per_seed)} seeds ({listed})"
 
-    def verdicts(self, *, relative: bool = False, key: str | None = None) -> dict[str, dict]:
+    def verdicts(self, *, key: str | None = None) -> dict[str, dict]:
         """Per run: the verdict against scratch in the method's name (``"vs_scratch"``:
         ``"DKD helps"``, ``"KD hurts"``, ``"inside seed noise"``) and, with a baseline,
-        against it (under ``key``, default ``"vs_<baseline>"``; ``relative``: in the words of
-        :func:`relative_verdict`)."""
+        against it under ``key`` (default ``"vs_<baseline>"``), in the words of
+        :func:`relative_verdict` (``"better"``, ``"worse"``): a run below another method is
+        worse than it, not a case of KD hurting."""
         s, out = self.stats(), {}
         for name, row in s.iterrows():
             word = method_verdict(_short(name), row["gain_vs_scratch"], row["gain_vs_scratch_ci95"])
             out[name] = {"vs_scratch": self._flagged(name, word)}
             if self.baseline is not None:
                 gain = row[f"gain_vs_{self.baseline}"], row[f"gain_vs_{self.baseline}_ci95"]
-                word = relative_verdict(*gain) if relative else verdict(*gain)
+                word = relative_verdict(*gain)
                 out[name][key or f"vs_{self.baseline}"] = self._flagged(name, word)
         return out
 

@@ -221,6 +221,68 @@ def born_again(
     return results[seed] if isinstance(seed, int) else results
 
 
+def restart_peak(lr: float, epoch: int, num_epochs: int) -> float:
+    """The peak learning rate of epoch ``epoch`` (1-based) of :func:`mutual_learning`'s and
+    :func:`warm_restarts`' one-epoch turns: a cosine from ``lr`` over ``num_epochs``.
+
+    >>> [round(restart_peak(0.1, e, 4), 4) for e in (1, 2, 3, 4)]
+    [0.1, 0.0854, 0.05, 0.0146]
+    """
+    return lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / num_epochs))
+
+
+def warm_restarts(
+    models: Sequence[nn.Module],
+    data: Dataset,
+    *,
+    num_epochs: int = 10,
+    lr: float = 0.05,
+    seed: Sequence[int] = (0,),
+    progress: bool = True,
+    **fit_kwargs: Any,
+) -> list[History]:
+    """:func:`mutual_learning`'s schedule with no peer: the control that tells what its
+    approximation costs a student on its own.
+
+    Every epoch is its own one-epoch ``fit`` call from the labels alone, at the peak
+    :func:`restart_peak` gives (momentum reset, the cosine restarted), shuffled with
+    ``seed + epoch``, exactly as each turn of :func:`mutual_learning`; the models (one per
+    seed) train side by side. Set beside the student trained alone and beside mutual
+    learning, it splits mutual learning's difference from the student alone into what its
+    restarts do and what the peer does.
+
+    Returns:
+        One history per model, one record per epoch (epochs numbered 1..num_epochs).
+    """
+    from kdbook.stack import fit_side_by_side
+
+    models, seeds = list(models), list(seed)
+    if not len(models) == len(seeds) >= 1:
+        raise ValueError(f"models and seed must pair up, got {len(models)} and {len(seeds)}")
+    check_params({"num_epochs": num_epochs, "lr": lr})
+    for s in seeds:
+        check_params({"seed": s})
+    if fit_kwargs.get("teacher") is not None:
+        raise ValueError("warm_restarts trains without a teacher, got teacher=...")
+    histories = [History(settings={"mode": "warm restarts"}) for _ in seeds]
+    for epoch in tqdm(range(1, num_epochs + 1), desc="warm restarts", disable=not progress):
+        start = time.perf_counter()
+        turns = fit_side_by_side(
+            models,
+            data,
+            [{"seed": s + epoch} for s in seeds],
+            progress=False,
+            num_epochs=1,
+            lr=restart_peak(lr, epoch, num_epochs),
+            **fit_kwargs,
+        )
+        seconds = (time.perf_counter() - start) / len(models)
+        for history, turn, s in zip(histories, turns, seeds, strict=True):
+            history.settings |= turn.settings | {"lr": lr, "num_epochs": num_epochs, "seed": s}
+            history.epochs.append({**turn.final, "epoch": epoch, "seconds": seconds})
+    return histories
+
+
 def mutual_learning(
     model_a: nn.Module | Sequence[nn.Module],
     model_b: nn.Module | Sequence[nn.Module],
@@ -274,7 +336,7 @@ def mutual_learning(
         (History(settings={"mode": "mutual"}), History(settings={"mode": "mutual"})) for _ in seeds
     ]
     for epoch in tqdm(range(1, num_epochs + 1), desc="mutual", disable=not progress):
-        peak = lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / num_epochs))
+        peak = restart_peak(lr, epoch, num_epochs)
         for side, (students, peers) in enumerate(((models_a, models_b), (models_b, models_a))):
             start = time.perf_counter()
             turns = fit_side_by_side(

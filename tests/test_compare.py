@@ -324,11 +324,11 @@ def test_rows_and_seed_rows_of_several_methods() -> None:
 def test_verdicts_and_verdict_sentences() -> None:
     c = hand_built()
     assert c.verdicts() == {
-        SCRATCH: {"vs_scratch": "inside seed noise", "vs_A": "KD hurts"},
+        SCRATCH: {"vs_scratch": "inside seed noise", "vs_A": "worse"},
         "A": {"vs_scratch": "A helps", "vs_A": "inside seed noise"},  # the method, named
-        "B": {"vs_scratch": "inside seed noise", "vs_A": "KD hurts"},
+        "B": {"vs_scratch": "inside seed noise", "vs_A": "worse"},  # below A: not "KD hurts"
     }
-    relative = c.verdicts(relative=True, key="vs_a")
+    relative = c.verdicts(key="vs_a")
     assert [v["vs_a"] for v in relative.values()] == ["worse", "inside seed noise", "worse"]
     assert c.verdict("A") == "KD helps: gain +3.0 ± 0.0 points excludes 0"
     assert c.verdict("B").startswith("inside seed noise: gain +0.3 ± 0.7 points includes 0")

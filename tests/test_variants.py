@@ -8,7 +8,7 @@ from helpers import tiny
 
 from kdbook.evaluate import accuracy, predict
 from kdbook.losses import ensemble_logits, kd_loss
-from kdbook.recipes import born_again, mutual_learning
+from kdbook.recipes import born_again, mutual_learning, restart_peak, warm_restarts
 from kdbook.train import fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -154,3 +154,24 @@ def test_mutual_learning_of_several_pairs_side_by_side_equals_each_pair_alone(di
         assert [e["epoch"] for e in h_a.epochs] == [1, 2] and h_b.settings["seed"] == s
     with pytest.raises(ValueError, match="must pair up"):
         mutual_learning([pairs[0][0]], [pairs[0][1], pairs[1][1]], digits, seed=[0], progress=False)
+
+
+def test_warm_restarts_are_mutual_learnings_turns_without_a_peer(digits):
+    models = [tiny(digits, seed=0), tiny(digits, seed=1)]
+    histories = warm_restarts(models, digits, num_epochs=2, lr=0.05, seed=[0, 1], progress=False)
+    for s, model, history in zip((0, 1), models, histories, strict=True):
+        by_hand = tiny(digits, seed=s)
+        for epoch in (1, 2):  # one fresh one-epoch fit per epoch, at that epoch's peak
+            fit(by_hand, digits, num_epochs=1, lr=restart_peak(0.05, epoch, 2), seed=s + epoch,
+                progress=False)  # fmt: skip
+        for p, q in zip(model.parameters(), by_hand.parameters(), strict=True):
+            torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4)
+        assert [e["epoch"] for e in history.epochs] == [1, 2]
+        assert history.settings["lr"] == 0.05 and history.settings["seed"] == s
+        assert "kl" not in history.final  # no teacher, no soft term
+    with pytest.raises(ValueError, match="must pair up, got 2 and 1"):
+        warm_restarts(models, digits, seed=[0], progress=False)
+    with pytest.raises(ValueError, match="without a teacher"):
+        warm_restarts(models[:1], digits, seed=[0], teacher=models[1], progress=False)
+    with pytest.raises(ValueError, match="num_epochs"):
+        warm_restarts(models[:1], digits, seed=[0], num_epochs=0, progress=False)
