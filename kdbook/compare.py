@@ -210,8 +210,11 @@ class Comparison:
 
     def row(self, method: str | None = None) -> dict[str, float | int | str]:
         """One flat row for results.json ("comparisons"): ``method`` (default: the only one)
-        against scratch. Its ``setting`` is the comparison's setting for :func:`compare`, the
-        method's name (with the setting after a comma, when there is one) otherwise."""
+        against scratch, and, where the comparison has a baseline method, against it too
+        (``reference``, ``vs_reference_mean``, ``vs_reference_ci95``, ``vs_reference``:
+        better, worse or inside seed noise). Its ``setting`` is the comparison's setting for
+        :func:`compare`, the method's name (with the setting after a comma, when there is
+        one) otherwise."""
         method = self._method(method)
         s = self.stats()
         name = "KD" if self._pair else method
@@ -219,7 +222,7 @@ class Comparison:
         caveats = [self.diverged_note(m) for m in (SCRATCH, method) if self.diverged_note(m)]
         if math.isnan(ci95) and method not in self.excluded:
             caveats.append("one seed: no interval")
-        return {
+        row = {
             "setting": self._label(method),
             "method": name,
             "baseline": "student alone",
@@ -234,6 +237,17 @@ class Comparison:
             "verdict": method_verdict(name, gain, ci95),
             "caveat": "; ".join(caveats),
         }
+        if self.baseline is not None and method != self.baseline:
+            # the notebook's own reference method, beside the student alone
+            versus = s.loc[method, f"gain_vs_{self.baseline}"]
+            versus_ci95 = s.loc[method, f"gain_vs_{self.baseline}_ci95"]
+            row |= {
+                "reference": self.baseline,
+                "vs_reference_mean": versus,
+                "vs_reference_ci95": versus_ci95,
+                "vs_reference": relative_verdict(versus, versus_ci95),
+            }
+        return row
 
     def rows(self) -> list[dict[str, float | int | str]]:
         """:meth:`row` for every method but scratch, in order."""

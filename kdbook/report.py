@@ -150,13 +150,14 @@ def _merge_metrics(
     return config, list(models.values()), list(comparisons.values())
 
 
-def _lm_comparisons(metrics: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The language-model comparison rows (``"lm_comparisons"``, bits per character) of
-    every notebook's metrics, each with its ``notebook``."""
+def _rows_of(metrics: Mapping[str, Mapping[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The rows under ``key`` in every notebook's metrics, each with its ``notebook``: the
+    language-model comparisons (``"lm_comparisons"``, bits per character, 15) and the exact
+    KL comparisons (``"gkd_comparisons"``, 16)."""
     return [
         {"notebook": notebook, **row}
         for notebook, data in metrics.items()
-        for row in data.get("lm_comparisons") or []
+        for row in data.get(key) or []
         if isinstance(row, dict)
     ]
 
@@ -211,7 +212,8 @@ def write_results(
         "notebooks": nb_status,
         "models": models,
         "comparisons": comparisons,
-        "lm_comparisons": _lm_comparisons(metrics),
+        "lm_comparisons": _rows_of(metrics, "lm_comparisons"),
+        "kl_comparisons": _rows_of(metrics, "gkd_comparisons"),
         "metrics": metrics,
         "figures": _figures(run_dir),
     }
@@ -321,11 +323,14 @@ def _comparison_lines(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
         "Each method against its baseline (the same student trained alone from the same",
         "initial weights, unless the row names another), as each notebook finally reported it;",
         "mean ± 95% interval over seeds, decided on the split named. Gain in percentage points.",
+        "Where a notebook compares its methods with a reference method too (logit KD, offline",
+        "KD, ...), the column 'vs the reference' gives that paired difference and its verdict:",
+        "a method can beat the student alone and still be worse than the simpler method.",
         "",
     ]
     return intro + _table(
         ["notebook", "setting", "method", "seeds", "baseline", "method's", "gain", "verdict"]
-        + ["split", "caveat"],
+        + ["vs the reference", "split", "caveat"],
         [
             [
                 c.get("notebook", ""),
@@ -338,10 +343,64 @@ def _comparison_lines(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
                 format_interval(c.get("gain_mean"), c.get("gain_ci95"), signed=True, unit=" pt"),
                 c.get("verdict")
                 or method_verdict(c.get("method", "KD"), c.get("gain_mean"), c.get("gain_ci95")),
+                _versus_reference(c),
                 c.get("split", "test"),
                 c.get("caveat", ""),
             ]
             for c in comparisons
+        ],
+    )
+
+
+def _versus_reference(row: Mapping[str, Any]) -> str:
+    """``'logit KD: -1.2 ± 1.0 pt, worse'`` for a row with a reference method, else ``''``."""
+    if not row.get("reference"):
+        return ""
+    interval = format_interval(
+        row.get("vs_reference_mean"), row.get("vs_reference_ci95"), signed=True, unit=" pt"
+    )
+    return f"{row['reference']}: {interval}, {row.get('vs_reference', '')}"
+
+
+KL_MEASURES = ("KL(teacher || student)", "KL(student || teacher)")  # 16's exact KLs
+
+
+def _kl_comparison_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    intro = [
+        "Students of the synthetic language (16), scored by the exact KL to the teacher in both",
+        "directions (nats, lower is closer), as the notebook finally reported them; mean ± 95%",
+        "interval over seeds from the same initial weights; against the student alone, paired by",
+        "seed.",
+        "",
+    ]
+
+    def versus(r: Mapping[str, Any], measure: str) -> str:
+        if r.get(f"{measure}_vs_alone") is None:
+            return "(reference)"
+        interval = format_interval(
+            r.get(f"{measure}_vs_alone"), r.get(f"{measure}_vs_alone_ci95"), signed=True,
+            unit="", digits=4,
+        )  # fmt: skip
+        return f"{interval}, {r.get(f'{measure}_verdict') or ''}"
+
+    return intro + _table(
+        ["notebook", "method", "seeds"]
+        + [h for m in KL_MEASURES for h in (m, f"{m} vs alone")]
+        + ["diverged"],
+        [
+            [r.get("notebook", ""), r.get("method"), r.get("num_seeds")]
+            + [
+                cell
+                for m in KL_MEASURES
+                for cell in (
+                    format_interval(r.get(m), r.get(f"{m}_ci95"), unit="", digits=4),
+                    versus(r, m),
+                )
+            ]
+            + [", ".join(f"seed {x}" for x in r.get("diverged") or [])]
+            for r in rows
         ],
     )
 
@@ -399,6 +458,12 @@ def render_summary(results: Mapping[str, Any], run_dir: str | Path | None = None
         lines += _section(
             "Language models: does distillation help?",
             _lm_comparison_lines(results["lm_comparisons"]),
+            "",
+        )
+    if results.get("kl_comparisons"):
+        lines += _section(
+            "Language models: closer to the teacher?",
+            _kl_comparison_lines(results["kl_comparisons"]),
             "",
         )
     lines += _section(

@@ -166,12 +166,13 @@ def second_set(
 
 def gain(comparison: Comparison, method: str, against: str = SCRATCH) -> dict[str, Any]:
     """``method`` minus ``against`` in ``comparison``, paired by seed: ``gain_mean``,
-    ``gain_ci95`` and the verdict words (:func:`kdbook.stats.verdict` against the student
-    alone, :func:`kdbook.stats.relative_verdict` against another method). A diverged run
-    is named in the words, as :meth:`Comparison.verdict` names it."""
+    ``gain_ci95`` and the verdict words, without the numbers the table prints beside them
+    (:meth:`Comparison.verdicts`' ``"KD helps"`` against the student alone,
+    :func:`kdbook.stats.relative_verdict` against another method). A diverged run is named
+    in the words."""
     _, mean, ci95 = paired_gain(comparison.per_seed[method], comparison.per_seed[against])
-    if against == SCRATCH:
-        words = comparison.verdict(method)
+    if against == SCRATCH:  # the method's own words ("KD helps"), a diverged run named
+        words = comparison.verdicts()[method]["vs_scratch"]
     else:
         words = relative_verdict(mean, ci95, than=against)
         notes = [comparison.diverged_note(m) for m in (method, against)]

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 
+from kdbook.compare import SCRATCH, Comparison
 from kdbook.io import read_json
 from kdbook.machinery.errors import WIDGET_STATE_MIME, format_error, widget_errors
 from kdbook.machinery.runner import BookError, run_book
@@ -403,6 +405,20 @@ def test_number_formatting() -> None:
     )
     assert format_interval(98.0, 2.5, within=(0.0, 100.0)).endswith("(too few seeds to say)")
     assert format_interval(93.4, 1.5, within=(0.0, 100.0)) == "93.4 ± 1.5 %"
+
+
+def test_the_summary_sets_each_method_beside_its_notebooks_reference_method() -> None:
+    per_seed = pd.DataFrame(
+        {SCRATCH: [80.0, 81.0, 82.0], "logit KD": [88.0, 89.0, 90.0], "hint": [86.0, 87.5, 88.0]},
+        index=pd.Index([0, 1, 2], name="seed"),
+    )
+    rows = Comparison.from_per_seed(per_seed, ["logit KD", "hint"], baseline="logit KD").rows()
+    text = render_summary({"status": "ok", "comparisons": rows, "notebooks": {}})
+    assert "| vs the reference |" in text
+    hint = next(line for line in text.splitlines() if line.startswith("| – | hint |"))
+    assert "| hint helps | logit KD: -1.8 ± 0.7 pt, worse |" in hint  # helps, yet worse than KD
+    logit = next(line for line in text.splitlines() if line.startswith("| – | logit KD |"))
+    assert "| logit KD helps | – | test |" in logit  # the reference itself: nothing beside it
 
 
 def test_render_summary_escapes_table_cells() -> None:

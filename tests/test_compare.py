@@ -291,6 +291,10 @@ def test_rows_and_seed_rows_of_several_methods() -> None:
         "verdict": "A helps",  # the method's own name, never "KD" on another method's row
         "caveat": "",
     }
+    assert "reference" not in rows[0]  # A is the comparison's baseline: nothing to set beside it
+    versus = {k: rows[1][k] for k in ("reference", "vs_reference")}
+    assert versus == {"reference": "A", "vs_reference": "worse"}  # B: 2.5 points below A
+    assert rows[1]["vs_reference_mean"] == pytest.approx(-2.667, abs=1e-3)
     assert rows[0] == pytest.approx(
         {
             "setting": "A, 5% labels",

@@ -293,3 +293,29 @@ def test_the_summary_reports_language_model_verdicts(tmp_path):
         "| 15_language_model_kd | token KD | 3 | 3.200 ± 0.040 | +0.100 ± 0.050 | token KD "
         "helps | seed 2 |" in summary
     )
+
+
+def test_the_summary_reports_the_exact_kl_verdicts_of_16(tmp_path):
+    from kdbook.report import save_metrics, write_results
+
+    kl, back = "KL(teacher || student)", "KL(student || teacher)"
+    rows = [
+        {"method": SCRATCH, "num_seeds": 5, "diverged": [], kl: 0.0466, f"{kl}_ci95": 0.0072,
+         back: 0.054, f"{back}_ci95": 0.009, f"{kl}_vs_alone": None, f"{back}_vs_alone": None},
+        {"method": "reverse KL, own samples", "num_seeds": 5, "diverged": [3], kl: 0.0305,
+         f"{kl}_ci95": 0.0137, back: 0.0303, f"{back}_ci95": 0.0119, f"{kl}_vs_alone": -0.0161,
+         f"{kl}_vs_alone_ci95": 0.0156, f"{kl}_verdict": "reverse KL, own samples helps",
+         f"{back}_vs_alone": -0.0237, f"{back}_vs_alone_ci95": 0.0147,
+         f"{back}_verdict": "reverse KL, own samples helps"},
+    ]  # fmt: skip
+    save_metrics(tmp_path, "16_on_policy_distillation", {"gkd_comparisons": rows})
+    results = write_results(tmp_path)
+    assert [r["method"] for r in results["kl_comparisons"]] == [SCRATCH, rows[1]["method"]]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Language models: closer to the teacher?" in summary
+    assert (
+        "| 16_on_policy_distillation | reverse KL, own samples | 5 | 0.0305 ± 0.0137 | -0.0161 ± "
+        "0.0156, reverse KL, own samples helps | 0.0303 ± 0.0119 | -0.0237 ± 0.0147, reverse KL, "
+        "own samples helps | seed 3 |" in summary
+    )
+    assert f"| {SCRATCH} | 5 | 0.0466 ± 0.0072 | (reference) |" in summary
