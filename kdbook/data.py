@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -147,7 +147,8 @@ class Augment:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A named data set: splits, class names, normalisation and its default augmentation."""
+    """A named data set: splits, class names, normalisation and its default augmentation,
+    and ``origin``: where each split comes from, in words (notebook 01's table)."""
 
     name: str
     train: Split
@@ -157,6 +158,7 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: Augment
+    origin: Mapping[str, str] = field(default_factory=lambda: carved_origin(0.1))
 
     @property
     def num_classes(self) -> int:
@@ -240,6 +242,19 @@ def _stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> torch
     return mask
 
 
+def carved_origin(val_fraction: float) -> dict[str, str]:
+    """:attr:`Dataset.origin` of a data set whose validation split is carved out of train.
+
+    >>> carved_origin(0.1)["val"]
+    'carved from train (stratified, 10%)'
+    """
+    return {
+        "train": "training data minus the val share",
+        "val": f"carved from train (stratified, {val_fraction:.0%})",
+        "test": "held out, untouched until the final report",
+    }
+
+
 def _carve_val(train: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
     """Carve a stratified validation split out of train (never out of test)."""
     mask = _stratified_split(train.labels, val_fraction, seed)
@@ -264,14 +279,30 @@ def _load_digits(val_fraction: float, split_seed: int) -> Dataset:
         mean=(0.0,),
         std=(1.0,),
         augment=Augment(pad=1, flip=False),
+        origin=carved_origin(val_fraction),
     )
 
 
 def _load_glyphs(root: Path, seed: int) -> Dataset:
-    from kdbook.glyphs import GLYPH_CLASSES, GLYPH_MEAN, GLYPH_PAD, GLYPH_STD, load_glyphs
+    from kdbook.glyphs import (
+        GLYPH_CLASSES,
+        GLYPH_MEAN,
+        GLYPH_PAD,
+        GLYPH_STD,
+        SPLIT_FONTS,
+        load_glyphs,
+    )
 
     splits = [Split(x, y) for x, y, _ in load_glyphs(root, seed).values()]  # train, val, test
-    return Dataset(GLYPHS, *splits, list(GLYPH_CLASSES), GLYPH_MEAN, GLYPH_STD, Augment(GLYPH_PAD))
+    fonts = {name: len(faces) for name, faces in SPLIT_FONTS.items()}
+    origin = {
+        "train": f"drawn from {fonts['train']} font faces",
+        "val": f"drawn from {fonts['val']} other faces, none of train's",
+        "test": f"drawn from {fonts['test']} faces of its own, untouched until the final report",
+    }
+    return Dataset(
+        GLYPHS, *splits, list(GLYPH_CLASSES), GLYPH_MEAN, GLYPH_STD, Augment(GLYPH_PAD), origin
+    )
 
 
 def _check_cifar10_md5(folder: Path) -> None:
@@ -317,6 +348,7 @@ def _load_cifar10(root: Path, val_fraction: float, split_seed: int) -> Dataset:
         CIFAR10_MEAN,
         CIFAR10_STD,
         Augment(pad=4, flip=True),
+        carved_origin(val_fraction),
     )
 
 
@@ -404,6 +436,11 @@ def _load_image_folder(path: Path, image_size: int) -> Dataset:
         IMAGENET_MEAN,
         IMAGENET_STD,
         Augment(pad=image_size // 8, flip=True),
+        {
+            "train": f"the tree's train/ folder, resized to {image_size} px",
+            "val": "the tree's val/ folder",
+            "test": "the tree's test/ folder, untouched until the final report",
+        },
     )
 
 
@@ -453,6 +490,11 @@ def synthetic_cifar10(num_train: int = SYNTHETIC_CIFAR10_SIZE, seed: int = 0) ->
         CIFAR10_MEAN,
         CIFAR10_STD,
         Augment(pad=4, flip=True),
+        {
+            "train": f"made here from seed {seed} (SYNTHETIC)",
+            "val": "made here as train, other images of the same patterns",
+            "test": "made here as train, untouched until the final report",
+        },
     )
 
 

@@ -492,3 +492,14 @@ def test_imagefolder_unreadable_jpeg_names_its_path(xray_tree, damage):
     with pytest.raises(ValueError, match="unreadable image") as info:
         load_dataset(f"imagefolder:{xray_tree}", image_size=16)
     assert str(path) in str(info.value)
+
+
+def test_each_data_set_says_where_its_splits_come_from(digits):
+    from kdbook.data import load_dataset, synthetic_cifar10
+
+    assert digits.origin["val"] == "carved from train (stratified, 10%)"
+    assert load_dataset("digits", val_fraction=0.2).origin["val"].endswith("(stratified, 20%)")
+    assert digits.with_label_fraction(0.1).origin == digits.origin  # a view keeps it
+    assert "SYNTHETIC" in synthetic_cifar10(40).origin["train"]
+    for d in (digits, synthetic_cifar10(40)):
+        assert sorted(d.origin) == ["test", "train", "val"]

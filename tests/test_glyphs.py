@@ -173,3 +173,12 @@ def test_doctor_says_which_fonts_are_missing(monkeypatch, tmp_path):
     assert "reinstall matplotlib" in row.action
     with pytest.raises(FileNotFoundError, match=r"font DejaVuSans.ttf is not in .*reinstall"):
         make_glyphs(per_font=1)
+
+
+def test_the_glyphs_data_set_says_its_splits_are_other_faces(tmp_path):
+    from kdbook.data import load_dataset
+    from kdbook.glyphs import SPLIT_FONTS
+
+    origin = load_dataset("glyphs", root=tmp_path).origin
+    assert origin["val"] == f"drawn from {len(SPLIT_FONTS['val'])} other faces, none of train's"
+    assert origin["train"].startswith(f"drawn from {len(SPLIT_FONTS['train'])} font faces")
