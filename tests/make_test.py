@@ -69,7 +69,8 @@ def rewritten(run_dir: Path, as_written: dict[str, str]) -> list[str]:
 def summary_disagreements(run_dir: Path) -> list[str]:
     """Failures where summary.md does not carry a verdict a notebook saved: every comparison
     row of ``metrics/*.json`` must be a row of summary.md with its notebook, setting, method
-    and verdict."""
+    and verdict, and with its verdict against the notebook's reference method where it has
+    one."""
     from kdbook.report import method_verdict
 
     summary = (run_dir / "summary.md").read_text(encoding="utf-8")
@@ -82,6 +83,9 @@ def summary_disagreements(run_dir: Path) -> list[str]:
                 method, row.get("gain_mean"), row.get("gain_ci95")
             )
             cells = [f"| {path.stem} | {row.get('setting')} | {method} |", f"| {word} |"]
+            if row.get("reference"):  # and its verdict against the notebook's reference method
+                cells.append(f"| {row['reference']}: ")
+                cells.append(f", {row.get('vs_reference')} |")
             if not any(all(cell in line for cell in cells) for line in lines):
                 failures.append(
                     f"summary.md lacks {path.stem}'s row {row.get('setting')!r}: {word}"
