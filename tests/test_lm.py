@@ -313,6 +313,8 @@ def test_the_summary_reports_the_exact_kl_verdicts_of_16(tmp_path):
     assert [r["method"] for r in results["kl_comparisons"]] == [SCRATCH, rows[1]["method"]]
     summary = (tmp_path / "summary.md").read_text()
     assert "## Language models: closer to the teacher?" in summary
+    header = "| KL(teacher \\|\\| student) | KL(teacher \\|\\| student) vs alone |"
+    assert header in summary  # the pipes of a header escaped, as a cell's are
     assert (
         "| 16_on_policy_distillation | reverse KL, own samples | 5 | 0.0305 ± 0.0137 | -0.0161 ± "
         "0.0156, reverse KL, own samples helps | 0.0303 ± 0.0119 | -0.0237 ± 0.0147, reverse KL, "
