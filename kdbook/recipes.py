@@ -231,6 +231,21 @@ def restart_peak(lr: float, epoch: int, num_epochs: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / num_epochs))
 
 
+def _record_turn(
+    histories: Sequence[History],
+    turns: Sequence[History],
+    seeds: Sequence[int],
+    epoch: int,
+    seconds: float,
+    **settings: Any,
+) -> None:
+    """Append one one-epoch turn (a ``fit`` history per model) to each run's own history,
+    as epoch ``epoch``, with the run's whole settings (``settings``: lr, num_epochs)."""
+    for history, turn, s in zip(histories, turns, seeds, strict=True):
+        history.settings |= turn.settings | settings | {"seed": s}
+        history.epochs.append({**turn.final, "epoch": epoch, "seconds": seconds})
+
+
 def warm_restarts(
     models: Sequence[nn.Module],
     data: Dataset,
@@ -277,9 +292,7 @@ def warm_restarts(
             **fit_kwargs,
         )
         seconds = (time.perf_counter() - start) / len(models)
-        for history, turn, s in zip(histories, turns, seeds, strict=True):
-            history.settings |= turn.settings | {"lr": lr, "num_epochs": num_epochs, "seed": s}
-            history.epochs.append({**turn.final, "epoch": epoch, "seconds": seconds})
+        _record_turn(histories, turns, seeds, epoch, seconds, lr=lr, num_epochs=num_epochs)
     return histories
 
 
@@ -352,10 +365,8 @@ def mutual_learning(
             )
             # the whole turn, set-up included (a fresh optimizer and checks every epoch)
             seconds = (time.perf_counter() - start) / len(students)
-            for pair, turn, s in zip(histories, turns, seeds, strict=True):
-                history = pair[side]
-                history.settings |= turn.settings | {"lr": lr, "num_epochs": num_epochs, "seed": s}
-                history.epochs.append({**turn.final, "epoch": epoch, "seconds": seconds})
+            sides = [pair[side] for pair in histories]
+            _record_turn(sides, turns, seeds, epoch, seconds, lr=lr, num_epochs=num_epochs)
     return histories[0] if pairs else histories
 
 
